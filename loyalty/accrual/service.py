@@ -1,0 +1,324 @@
+"""Accrual: turn the bank's transactions and refunds into ledger entries.
+
+Each transaction id and each reversal id posts at most once. The first
+statement of every operation claims its key in ``idempotency_keys``; a
+concurrent duplicate waits on that row and, once the first commits, finds
+the key taken and replays the stored result.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loyalty.accrual.models import idempotency_keys, reversals, transactions
+from loyalty.db import insert_ignore
+from loyalty.errors import IdempotencyConflict, NotFound, UnknownMember, ValidationError
+from loyalty.ledger import service as ledger
+from loyalty.ledger.models import member_accounts, point_lots
+from loyalty.members.service import iso
+from rules import Award, Programme, evaluate
+
+
+@dataclass(frozen=True)
+class TransactionCommand:
+    transaction_id: str
+    member_id: str
+    type: str
+    amount: int
+    currency: str
+    occurred_at: dt.datetime
+    channel: str | None = None
+    mcc: str | None = None
+    merchant: str | None = None
+
+    def facts(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReversalCommand:
+    transaction_id: str
+    reversal_id: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """An operation's answer: HTTP-like status, JSON body, whether it was a replay."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    """SHA-256 of a canonical JSON form, to tell a retry from a different request."""
+    def default(value: object) -> str:
+        if isinstance(value, dt.datetime):
+            return value.astimezone(dt.timezone.utc).isoformat()
+        return str(value)
+
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def claim_key(
+    conn: Connection,
+    scope: str,
+    key: str,
+    digest: str,
+    *,
+    member_id: str | None,
+    now: dt.datetime,
+    entry_id: str | None = None,
+) -> sa.Row[Any] | None:
+    """Claim ``(scope, key)``. Returns ``None`` if this call claimed it, else the
+    existing record; raises :class:`IdempotencyConflict` if that record was made
+    for a different request."""
+    claimed = conn.execute(
+        insert_ignore(conn, idempotency_keys)
+        .values(scope=scope, key=key, request_hash=digest, member_id=member_id, entry_id=entry_id, created_at=now)
+        .returning(idempotency_keys.c.key)
+    ).first()
+    if claimed is not None:
+        return None
+    ik = idempotency_keys.c
+    existing = conn.execute(sa.select(idempotency_keys).where(ik.scope == scope, ik.key == key)).one()
+    if existing.request_hash != digest:
+        raise IdempotencyConflict(
+            f"{scope} {key!r} was already used with a different request", field=_key_field(scope)
+        )
+    return existing
+
+
+def _key_field(scope: str) -> str:
+    return {"transaction": "transaction_id", "reversal": "reversal_id"}.get(scope, "Idempotency-Key")
+
+
+def record_transaction(conn: Connection, cmd: TransactionCommand, *, programme: Programme, now: dt.datetime) -> Result:
+    """Book one bank transaction: evaluate the programme, post the awards.
+
+    A transaction that earns nothing is still recorded (for refunds, tiers and
+    backtests) and counts as activity.
+    """
+    facts = cmd.facts()
+    awards = sorted(evaluate(programme, "transaction", facts), key=lambda a: a.rule_id)
+    entry_id = ledger.new_id() if awards else None
+    existing = claim_key(
+        conn, "transaction", cmd.transaction_id, request_hash(facts),
+        member_id=cmd.member_id, now=now, entry_id=entry_id,
+    )
+    if existing is not None:
+        return Result(200, transaction_body(conn, existing.member_id, cmd.transaction_id), replayed=True)
+    if awards:
+        posted = ledger.accrue(
+            conn,
+            cmd.member_id,
+            awards,
+            kind="accrual",
+            source_ref=cmd.transaction_id,
+            earned_at=cmd.occurred_at,
+            expiry_months=programme.expiry_months,
+            now=now,
+            transaction_id=cmd.transaction_id,
+            programme_version=programme.version,
+            entry_id=entry_id,
+        )
+        balance = posted.balance_after
+    else:
+        balance = touch(conn, cmd.member_id, now)
+    points = sum(a.points for a in awards)
+    conn.execute(
+        transactions.insert(),
+        {
+            **facts,
+            "points": points,
+            "entry_id": entry_id,
+            "balance_after": balance,
+            "programme_version": programme.version,
+            "received_at": now,
+        },
+    )
+    return Result(201, _transaction_json(cmd, points, entry_id, balance, programme.version, awards))
+
+
+def touch(conn: Connection, member_id: str, now: dt.datetime) -> int:
+    """Record activity without points; returns the balance. Locks the member's row."""
+    ma = member_accounts.c
+    row = conn.execute(
+        sa.update(member_accounts)
+        .where(ma.member_id == member_id)
+        .values(last_activity_at=now)
+        .returning(ma.balance)
+    ).first()
+    if row is None:
+        raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
+    return int(row.balance)
+
+
+def _transaction_json(cmd: Any, points: int, entry_id: str | None, balance: int, version: str, awards: list[Award]) -> dict[str, Any]:
+    return {
+        "transaction_id": cmd.transaction_id,
+        "member_id": cmd.member_id,
+        "type": cmd.type,
+        "amount": int(cmd.amount),
+        "currency": cmd.currency,
+        "occurred_at": iso(cmd.occurred_at),
+        "points": points,
+        "entry_id": entry_id,
+        "programme_version": version,
+        "awards": [
+            {
+                "rule_id": a.rule_id,
+                "points": a.points,
+                "funding_source": a.funding_source,
+                "qualifying": a.qualifying,
+                "reason": a.reason,
+            }
+            for a in awards
+        ],
+        "balance": balance,
+    }
+
+
+def transaction_body(conn: Connection, member_id: str, transaction_id: str) -> dict[str, Any]:
+    """The response a transaction got when it was first booked, rebuilt from the ledger."""
+    t = transactions.c
+    row = conn.execute(
+        sa.select(transactions).where(t.member_id == member_id, t.transaction_id == transaction_id)
+    ).one()
+    awards = []
+    if row.entry_id is not None:
+        pl = point_lots.c
+        awards = [
+            Award(r.rule_id, int(r.original), r.funding_source, r.qualifying, r.reason)
+            for r in conn.execute(
+                sa.select(pl.rule_id, pl.original, pl.funding_source, pl.qualifying, pl.reason)
+                .where(pl.member_id == member_id, pl.entry_id == row.entry_id)
+                .order_by(pl.rule_id)
+            )
+        ]
+    return _transaction_json(row, int(row.points), row.entry_id, int(row.balance_after), row.programme_version, awards)
+
+
+def find_transaction_member(conn: Connection, transaction_id: str) -> str:
+    """The member a transaction id belongs to, found through its idempotency key."""
+    ik = idempotency_keys.c
+    member_id = conn.execute(
+        sa.select(ik.member_id).where(ik.scope == "transaction", ik.key == transaction_id)
+    ).scalar()
+    if member_id is None:
+        raise NotFound(f"no transaction {transaction_id!r}", field="transaction_id")
+    exists = conn.execute(
+        sa.select(transactions.c.member_id).where(
+            transactions.c.member_id == member_id, transactions.c.transaction_id == transaction_id
+        )
+    ).first()
+    if exists is None:  # the key was claimed by a request still in flight
+        raise NotFound(f"no transaction {transaction_id!r}", field="transaction_id")
+    return str(member_id)
+
+
+def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.datetime) -> Result:
+    """Refund all or part of a transaction: claw back points in proportion.
+
+    Cumulative refunds never exceed the amount, and the points taken back
+    never exceed what the transaction earned: after refunds of ``r`` out of
+    ``amount`` the transaction has given back ``floor(points * r / amount)``.
+    """
+    member_id = find_transaction_member(conn, cmd.transaction_id)
+    existing = claim_key(
+        conn, "reversal", cmd.reversal_id, request_hash(asdict(cmd)), member_id=member_id, now=now
+    )
+    if existing is not None:
+        return Result(200, reversal_body(conn, existing.member_id, cmd.reversal_id), replayed=True)
+    t = transactions.c
+    row = conn.execute(
+        sa.update(transactions)
+        .where(
+            t.member_id == member_id,
+            t.transaction_id == cmd.transaction_id,
+            t.reversed_amount + cmd.amount <= t.amount,
+        )
+        .values(
+            reversed_amount=t.reversed_amount + cmd.amount,
+            reversed_points=(t.points * (t.reversed_amount + cmd.amount)) // t.amount,
+        )
+        .returning(t.amount, t.points, t.reversed_amount, t.reversed_points, t.entry_id)
+    ).first()
+    if row is None:
+        left = conn.execute(
+            sa.select(t.amount - t.reversed_amount).where(
+                t.member_id == member_id, t.transaction_id == cmd.transaction_id
+            )
+        ).scalar_one()
+        raise ValidationError.one("amount", f"exceeds the unrefunded amount of the transaction ({left})")
+    before = int(row.points) * (int(row.reversed_amount) - cmd.amount) // int(row.amount)
+    due = int(row.reversed_points) - before
+    posted = None
+    if due > 0:
+        pl = point_lots.c
+        funding = {
+            r.funding_source: int(r.original)
+            for r in conn.execute(
+                sa.select(pl.funding_source, sa.func.sum(pl.original).label("original"))
+                .where(pl.member_id == member_id, pl.entry_id == row.entry_id)
+                .group_by(pl.funding_source)
+            )
+        }
+        posted = ledger.claw_back(
+            conn,
+            member_id,
+            due,
+            funding=funding,
+            source_ref=cmd.reversal_id,
+            related_entry_id=row.entry_id,
+            policy=policy,
+            now=now,
+            transaction_id=cmd.transaction_id,
+        )
+    balance = posted.balance_after if posted else touch(conn, member_id, now)
+    taken = -posted.points if posted else 0
+    conn.execute(
+        reversals.insert(),
+        {
+            "member_id": member_id,
+            "reversal_id": cmd.reversal_id,
+            "transaction_id": cmd.transaction_id,
+            "amount": cmd.amount,
+            "points_due": due,
+            "points": taken,
+            "entry_id": posted.entry_id if posted else None,
+            "balance_after": balance,
+            "created_at": now,
+        },
+    )
+    if posted:
+        conn.execute(
+            sa.update(idempotency_keys)
+            .where(idempotency_keys.c.scope == "reversal", idempotency_keys.c.key == cmd.reversal_id)
+            .values(entry_id=posted.entry_id)
+        )
+    return Result(201, reversal_body(conn, member_id, cmd.reversal_id))
+
+
+def reversal_body(conn: Connection, member_id: str, reversal_id: str) -> dict[str, Any]:
+    r = reversals.c
+    row = conn.execute(sa.select(reversals).where(r.member_id == member_id, r.reversal_id == reversal_id)).one()
+    return {
+        "reversal_id": row.reversal_id,
+        "transaction_id": row.transaction_id,
+        "member_id": row.member_id,
+        "amount": int(row.amount),
+        "points_due": int(row.points_due),
+        "points_reversed": int(row.points),
+        "entry_id": row.entry_id,
+        "balance": int(row.balance_after),
+        "created_at": iso(row.created_at),
+    }

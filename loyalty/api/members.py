@@ -1,0 +1,59 @@
+"""Members: enrolment, balance, statement."""
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Response, request
+from sqlalchemy.engine import Connection
+
+from loyalty.accrual.service import Result
+from loyalty.api import bp, execute, json_body, json_response, requires, runtime
+from loyalty.api.schemas import ENROLMENT_SCHEMA, check_not_future, load
+from loyalty.db import transaction
+from loyalty.errors import ValidationError
+from loyalty.members import service
+from loyalty.members.service import Enrolment
+
+MAX_PAGE = 200
+
+
+@bp.post("/members")
+@requires("accrue")
+def enrol() -> Response:
+    body = json_body()
+    cmd: Enrolment = load(ENROLMENT_SCHEMA, body)
+    rt = runtime()
+    check_not_future(cmd.enrolled_at, "enrolled_at", rt.now())
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        created, view = service.enrol(conn, cmd, programme=rt.programme, now=now)
+        return Result(201 if created else 200, view)
+
+    return execute(operation, body)
+
+
+@bp.get("/members/<member_id>")
+@requires("read")
+def get_member(member_id: str) -> Response:
+    rt = runtime()
+    with transaction(rt.engine, readonly=True) as conn:
+        return json_response(service.member_view(conn, member_id, now=rt.now()))
+
+
+def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValidationError.one(name, f"must be an integer from {low} to {high}")
+    return int(raw)
+
+
+@bp.get("/members/<member_id>/entries")
+@requires("read")
+def get_statement(member_id: str) -> Response:
+    limit = _int_arg("limit", 50, 1, MAX_PAGE)
+    cursor = _int_arg("cursor", None, 1, 2**31 - 1)
+    rt = runtime()
+    with transaction(rt.engine, readonly=True) as conn:
+        return json_response(service.statement(conn, member_id, limit=limit or 50, before_seq=cursor))

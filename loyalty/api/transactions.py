@@ -1,0 +1,115 @@
+"""Transactions: accrual one at a time or in batches, refunds."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from flask import Response
+from sqlalchemy.engine import Connection
+
+from loyalty.accrual import service
+from loyalty.accrual.models import idempotency_keys
+from loyalty.accrual.service import Result, ReversalCommand
+from loyalty.api import (
+    key_scope,
+    replay,
+    request_digest,
+    bp,
+    execute,
+    idempotency_key,
+    json_body,
+    json_response,
+    requires,
+    result_response,
+    runtime,
+)
+from loyalty.api.schemas import BATCH_SCHEMA, REVERSAL_SCHEMA, load, load_transaction
+from loyalty.db import insert_ignore, transaction
+from loyalty.errors import LoyaltyError
+
+
+@bp.post("/transactions")
+@requires("accrue")
+def post_transaction() -> Response:
+    body = json_body()
+    rt = runtime()
+    cmd = load_transaction(body, rt.now())
+    return execute(
+        lambda conn, now: service.record_transaction(conn, cmd, programme=rt.programme, now=now), body
+    )
+
+
+@bp.get("/transactions/<transaction_id>")
+@requires("read")
+def get_transaction(transaction_id: str) -> Response:
+    rt = runtime()
+    with transaction(rt.engine, readonly=True) as conn:
+        member_id = service.find_transaction_member(conn, transaction_id)
+        return json_response(service.transaction_body(conn, member_id, transaction_id))
+
+
+@bp.post("/transactions/<transaction_id>/reversals")
+@requires("accrue")
+def post_reversal(transaction_id: str) -> Response:
+    body = json_body()
+    data = load(REVERSAL_SCHEMA, body)
+    cmd = ReversalCommand(transaction_id=transaction_id, **data)
+    rt = runtime()
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        return service.reverse(conn, cmd, policy=rt.settings.clawback_policy, now=now)
+
+    return execute(operation, body)
+
+
+@bp.post("/transactions/batch")
+@requires("accrue")
+def post_batch() -> Response:
+    """Up to 1,000 transactions, each booked in its own database transaction.
+
+    One bad item does not stop the others; results come back in order.
+    """
+    body = json_body()
+    items = load(BATCH_SCHEMA, body)["transactions"]
+    rt = runtime()
+    key = idempotency_key()
+    if key is not None:
+        with transaction(rt.engine, readonly=True) as conn:
+            existing = conn.execute(
+                idempotency_keys.select().where(
+                    idempotency_keys.c.scope == key_scope(), idempotency_keys.c.key == key
+                )
+            ).first()
+        if existing is not None:
+            if existing.request_hash != request_digest(body):
+                raise service.IdempotencyConflict(
+                    "Idempotency-Key was already used with a different request", field="Idempotency-Key"
+                )
+            return replay(existing)
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            cmd = load_transaction(item, rt.now())
+            with transaction(rt.engine) as conn:
+                result = service.record_transaction(conn, cmd, programme=rt.programme, now=rt.now())
+            results.append({"index": index, "status": result.status, "result": result.body})
+        except LoyaltyError as err:
+            problem = err.problem()
+            if "field" in problem:
+                problem["field"] = f"transactions[{index}].{problem['field']}"
+            results.append({"index": index, "status": err.status, "problem": problem})
+    out = Result(200, {"results": results})
+    if key is not None:
+        with transaction(rt.engine) as conn:
+            conn.execute(
+                insert_ignore(conn, idempotency_keys).values(
+                    scope=key_scope(),
+                    key=key,
+                    request_hash=request_digest(body),
+                    status_code=200,
+                    response_body=json.dumps(out.body, ensure_ascii=False),
+                    created_at=rt.now(),
+                )
+            )
+    return result_response(out)

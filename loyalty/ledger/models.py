@@ -1,0 +1,159 @@
+"""Ledger tables.
+
+Every member-scoped table carries ``member_id`` and includes it in its primary
+and unique keys, so the schema can be distributed by member unchanged.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from loyalty.db import UTCDateTime, metadata
+
+ENTRY_KINDS = ("accrual", "bonus", "reversal", "hold", "capture", "void", "expiry", "adjustment")
+ACCOUNT_KINDS = ("member", "issued", "redeemed", "expired", "adjustment", "holds")
+HOLD_STATUSES = ("pending", "captured", "voided")
+
+#: The chart of accounts. ``member`` stands for each member's own points
+#: account (the posting's ``member_id`` says whose); the others are system
+#: accounts whose balances are aggregates of their postings, never stored.
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("code", sa.String(80), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.CheckConstraint(sa.column("kind").in_(ACCOUNT_KINDS), name="kind"),
+)
+
+#: The member's points account: the only ledger row a member's request locks.
+member_accounts = sa.Table(
+    "member_accounts",
+    metadata,
+    sa.Column("member_id", sa.String(64), sa.ForeignKey("members.member_id"), primary_key=True),
+    #: sum of the member's postings on ``member``; negative only after a refund of spent points
+    sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
+    #: points moved to ``holds`` by redemptions still in flight
+    sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
+    #: number of entries posted for this member; gives each entry its ``seq``
+    sa.Column("entry_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_activity_at", UTCDateTime),
+    sa.CheckConstraint("held >= 0", name="held_not_negative"),
+    sa.CheckConstraint("entry_seq >= 0", name="entry_seq_not_negative"),
+)
+
+journal_entries = sa.Table(
+    "journal_entries",
+    metadata,
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.Uuid(as_uuid=False), primary_key=True),
+    #: the entry's position in the member's statement, 1, 2, 3, ...
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    #: what caused it: a transaction id, reversal id, hold id or bonus name
+    sa.Column("source_ref", sa.String(128), nullable=False),
+    #: net change of the member's account
+    sa.Column("points", sa.BigInteger, nullable=False),
+    #: the member's balance right after this entry
+    sa.Column("balance_after", sa.BigInteger, nullable=False),
+    sa.Column("transaction_id", sa.String(64)),
+    #: the entry this one corrects or settles (reversal, capture, void)
+    sa.Column("related_entry_id", sa.Uuid(as_uuid=False)),
+    sa.Column("programme_version", sa.String(32)),
+    sa.Column("memo", sa.String(500)),
+    sa.Column("posted_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("member_id", "seq"),
+    sa.UniqueConstraint("member_id", "kind", "source_ref"),
+    sa.ForeignKeyConstraint(["member_id"], ["member_accounts.member_id"]),
+    sa.CheckConstraint(sa.column("kind").in_(ENTRY_KINDS), name="kind"),
+)
+
+postings = sa.Table(
+    "postings",
+    metadata,
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("entry_id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column("line", sa.SmallInteger, primary_key=True),
+    sa.Column("account", sa.String(80), sa.ForeignKey("accounts.code"), nullable=False),
+    #: signed points: positive credits the account, negative debits it
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("rule_id", sa.String(80)),
+    sa.Column("posted_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.CheckConstraint("amount <> 0", name="amount_not_zero"),
+    sa.Index("ix_postings_account_posted_at", "account", "posted_at"),
+)
+
+#: Points earned together, expiring together. Consumed first-expiring-first.
+point_lots = sa.Table(
+    "point_lots",
+    metadata,
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column("entry_id", sa.Uuid(as_uuid=False), nullable=False),
+    sa.Column("rule_id", sa.String(80), nullable=False),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("funding_source", sa.String(64), nullable=False),
+    #: qualifying points count toward tier
+    sa.Column("qualifying", sa.Boolean, nullable=False),
+    sa.Column("original", sa.BigInteger, nullable=False),
+    sa.Column("remaining", sa.BigInteger, nullable=False),
+    sa.Column("earned_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.CheckConstraint("original > 0", name="original_positive"),
+    sa.CheckConstraint("remaining >= 0 AND remaining <= original", name="remaining_in_range"),
+    sa.Index(
+        "ix_point_lots_open",
+        "member_id",
+        "expires_at",
+        sqlite_where=sa.text("remaining > 0"),
+        postgresql_where=sa.text("remaining > 0"),
+    ),
+)
+
+#: Which entry took how many points from which lot, so it can be undone.
+#: For every lot, ``remaining = original - sum(points)`` of its consumptions.
+lot_consumptions = sa.Table(
+    "lot_consumptions",
+    metadata,
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("entry_id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column("lot_id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column("points", sa.BigInteger, nullable=False),
+    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.ForeignKeyConstraint(["member_id", "lot_id"], ["point_lots.member_id", "point_lots.id"]),
+    #: positive takes points from the lot; negative gives them back (void, refund)
+    sa.CheckConstraint("points <> 0", name="points_not_zero"),
+)
+
+#: Two-phase spending: a hold is captured or voided, exactly once.
+holds = sa.Table(
+    "holds",
+    metadata,
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("points", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    #: the account credited on capture, e.g. ``redeemed:<benefit>``
+    sa.Column("capture_account", sa.String(80), sa.ForeignKey("accounts.code"), nullable=False),
+    sa.Column("hold_entry_id", sa.Uuid(as_uuid=False), nullable=False),
+    sa.Column("resolution_entry_id", sa.Uuid(as_uuid=False)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime),
+    sa.ForeignKeyConstraint(["member_id", "hold_entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.CheckConstraint("points > 0", name="points_positive"),
+    sa.CheckConstraint(sa.column("status").in_(HOLD_STATUSES), name="status"),
+    sa.CheckConstraint(
+        "(status = 'pending') = (resolution_entry_id IS NULL)", name="resolved_iff_entry"
+    ),
+)
+
+#: Accounts that exist in every installation.
+SYSTEM_ACCOUNTS = [
+    {"code": "member", "kind": "member", "name": "Member points (one per member)"},
+    {"code": "holds", "kind": "holds", "name": "Points held for redemptions in flight"},
+    {"code": "expired", "kind": "expired", "name": "Expired points (breakage)"},
+    {"code": "adjustments", "kind": "adjustment", "name": "Manual adjustments"},
+    {"code": "issued:bank", "kind": "issued", "name": "Points issued, funded by bank marketing"},
+    {"code": "redeemed:unspecified", "kind": "redeemed", "name": "Points redeemed, benefit not named"},
+]

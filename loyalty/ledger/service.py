@@ -1,0 +1,504 @@
+"""Ledger operations: every change of points goes through here.
+
+Each function runs inside the caller's transaction (it never commits) and
+holds the ledger's invariants: entries balance, the member's stored balance
+moves only together with its postings by one atomic conditional update, and
+lots record who consumed what so it can be undone.
+
+Lock order: a member's request locks that member's ``member_accounts`` row
+and nothing else that other members share. Capture and void lock the hold
+row first, then the member row; hold locks the member row, then inserts the
+new hold. Neither waits on the other's first lock, so they cannot deadlock.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loyalty.errors import HoldNotPending, InsufficientPoints, NotFound, UnknownMember
+from loyalty.ledger.lots import OpenLot, add_months, check_balanced, take
+from loyalty.ledger.models import (
+    holds,
+    journal_entries,
+    lot_consumptions,
+    member_accounts,
+    point_lots,
+    postings,
+)
+from rules import Award
+
+MEMBER = "member"
+HOLDS = "holds"
+
+#: What a refund does when the member has already spent the points:
+#: ``negative`` takes them all back, letting the balance go below zero;
+#: ``available`` takes back only what the member still has.
+CLAWBACK_POLICIES = ("negative", "available")
+
+
+@dataclass(frozen=True)
+class Line:
+    account: str
+    amount: int
+    rule_id: str | None = None
+
+
+@dataclass
+class Posted:
+    """What an operation posted."""
+
+    entry_id: str
+    seq: int
+    points: int
+    balance_after: int
+    lots: list[dict[str, object]] = field(default_factory=list)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _bump_account(
+    conn: Connection,
+    member_id: str,
+    *,
+    delta: int,
+    held_delta: int = 0,
+    now: dt.datetime | None = None,
+    require_cover: int = 0,
+) -> tuple[int, int]:
+    """Move the member's stored balance by ``delta`` in one conditional UPDATE.
+
+    With ``require_cover`` the update only happens if the balance covers that
+    many points. Returns ``(balance_after, entry_seq)``; locks the row.
+    """
+    ma = member_accounts.c
+    values: dict[str, object] = {"entry_seq": ma.entry_seq + 1}
+    if delta:
+        values["balance"] = ma.balance + delta
+    if held_delta:
+        values["held"] = ma.held + held_delta
+    if now is not None:
+        values["last_activity_at"] = now
+    stmt = sa.update(member_accounts).where(ma.member_id == member_id)
+    if require_cover:
+        stmt = stmt.where(ma.balance >= require_cover)
+    row = conn.execute(stmt.values(values).returning(ma.balance, ma.entry_seq)).first()
+    if row is None:
+        exists = conn.execute(sa.select(ma.member_id).where(ma.member_id == member_id)).first()
+        if exists is None:
+            raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
+        raise InsufficientPoints(
+            f"member {member_id!r} does not have {require_cover} points available",
+            required=require_cover,
+        )
+    return int(row.balance), int(row.entry_seq)
+
+
+def entry_rows(
+    *,
+    member_id: str,
+    entry_id: str,
+    seq: int,
+    kind: str,
+    source_ref: str,
+    lines: Sequence[Line],
+    balance_after: int,
+    now: dt.datetime,
+    transaction_id: str | None = None,
+    related_entry_id: str | None = None,
+    programme_version: str | None = None,
+    memo: str | None = None,
+) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """The journal entry row and its posting rows; refuses an unbalanced entry."""
+    check_balanced(line.amount for line in lines)
+    entry = {
+        "member_id": member_id,
+        "id": entry_id,
+        "seq": seq,
+        "kind": kind,
+        "source_ref": source_ref,
+        "points": sum(line.amount for line in lines if line.account == MEMBER),
+        "balance_after": balance_after,
+        "transaction_id": transaction_id,
+        "related_entry_id": related_entry_id,
+        "programme_version": programme_version,
+        "memo": memo,
+        "posted_at": now,
+    }
+    rows = [
+        {
+            "member_id": member_id,
+            "entry_id": entry_id,
+            "line": i,
+            "account": line.account,
+            "amount": line.amount,
+            "rule_id": line.rule_id,
+            "posted_at": now,
+        }
+        for i, line in enumerate(lines, start=1)
+    ]
+    return entry, rows
+
+
+def _write_entry(conn: Connection, **kwargs: Any) -> None:
+    entry, rows = entry_rows(**kwargs)
+    conn.execute(journal_entries.insert(), entry)
+    conn.execute(postings.insert(), rows)
+
+
+def award_lines(awards: Iterable[Award]) -> list[Line]:
+    """Credit the member per award; debit ``issued:<funding>`` per funding source."""
+    awards = list(awards)
+    lines = [Line(MEMBER, a.points, a.rule_id) for a in awards]
+    by_funding: dict[str, int] = defaultdict(int)
+    for a in awards:
+        by_funding[a.funding_source] += a.points
+    lines += [Line(f"issued:{src}", -pts) for src, pts in sorted(by_funding.items())]
+    return lines
+
+
+def _open_lots(conn: Connection, member_id: str) -> list[OpenLot]:
+    pl = point_lots.c
+    rows = conn.execute(
+        sa.select(pl.id, pl.remaining, pl.expires_at, pl.earned_at).where(
+            pl.member_id == member_id, pl.remaining > 0
+        )
+    )
+    return [OpenLot(r.id, int(r.remaining), r.expires_at, r.earned_at) for r in rows]
+
+
+def _consume(conn: Connection, member_id: str, entry_id: str, plan: Sequence[tuple[str, int]]) -> None:
+    """Apply a consumption plan: lower each lot, record who took what.
+
+    A negative amount gives points back to a lot (a void or a refund)."""
+    if not plan:
+        return
+    pl = point_lots.c
+    conn.execute(
+        sa.update(point_lots)
+        .where(pl.member_id == sa.bindparam("m"), pl.id == sa.bindparam("lot"))
+        .values(remaining=pl.remaining - sa.bindparam("n")),
+        [{"m": member_id, "lot": lot, "n": n} for lot, n in plan],
+    )
+    conn.execute(
+        lot_consumptions.insert(),
+        [{"member_id": member_id, "entry_id": entry_id, "lot_id": lot, "points": n} for lot, n in plan],
+    )
+
+
+def accrue(
+    conn: Connection,
+    member_id: str,
+    awards: Sequence[Award],
+    *,
+    kind: str,
+    source_ref: str,
+    earned_at: dt.datetime,
+    expiry_months: int,
+    now: dt.datetime,
+    transaction_id: str | None = None,
+    programme_version: str | None = None,
+    entry_id: str | None = None,
+) -> Posted:
+    """Credit ``awards`` to the member: one entry, one lot per award."""
+    total = sum(a.points for a in awards)
+    if total <= 0 or any(a.points <= 0 for a in awards):
+        raise ValueError("an accrual needs positive awards")
+    balance_after, seq = _bump_account(conn, member_id, delta=total, now=now)
+    rows = accrual_rows(
+        member_id,
+        awards,
+        entry_id=entry_id or new_id(),
+        seq=seq,
+        balance_after=balance_after,
+        kind=kind,
+        source_ref=source_ref,
+        earned_at=earned_at,
+        expiry_months=expiry_months,
+        now=now,
+        transaction_id=transaction_id,
+        programme_version=programme_version,
+    )
+    conn.execute(journal_entries.insert(), rows.entry)
+    conn.execute(postings.insert(), rows.postings)
+    conn.execute(point_lots.insert(), rows.lots)
+    if rows.consumptions:
+        conn.execute(lot_consumptions.insert(), rows.consumptions)
+    return Posted(rows.entry["id"], seq, total, balance_after, rows.lots)  # type: ignore[arg-type]
+
+
+@dataclass
+class AccrualRows:
+    entry: dict[str, object]
+    postings: list[dict[str, object]]
+    lots: list[dict[str, object]]
+    consumptions: list[dict[str, object]]
+
+
+def accrual_rows(
+    member_id: str,
+    awards: Sequence[Award],
+    *,
+    entry_id: str,
+    seq: int,
+    balance_after: int,
+    kind: str,
+    source_ref: str,
+    earned_at: dt.datetime,
+    expiry_months: int,
+    now: dt.datetime,
+    transaction_id: str | None = None,
+    programme_version: str | None = None,
+) -> AccrualRows:
+    """Every row one accrual writes, given the balance it leaves (pure).
+
+    If the balance before it was negative, the new lots pay that debt first:
+    this entry consumes them for the debt's amount.
+    """
+    entry, posting_rows = entry_rows(
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind=kind,
+        source_ref=source_ref,
+        lines=award_lines(awards),
+        balance_after=balance_after,
+        now=now,
+        transaction_id=transaction_id,
+        programme_version=programme_version,
+    )
+    expires_at = add_months(earned_at, expiry_months)
+    debt = max(0, -(balance_after - int(entry["points"])))  # type: ignore[call-overload]
+    lots: list[dict[str, object]] = []
+    consumptions: list[dict[str, object]] = []
+    for a in awards:
+        lot_id = new_id()
+        settle = min(debt, a.points)
+        debt -= settle
+        lots.append(
+            {
+                "member_id": member_id,
+                "id": lot_id,
+                "entry_id": entry_id,
+                "rule_id": a.rule_id,
+                "reason": a.reason,
+                "funding_source": a.funding_source,
+                "qualifying": a.qualifying,
+                "original": a.points,
+                "remaining": a.points - settle,
+                "earned_at": earned_at,
+                "expires_at": expires_at,
+            }
+        )
+        if settle:
+            consumptions.append({"member_id": member_id, "entry_id": entry_id, "lot_id": lot_id, "points": settle})
+    return AccrualRows(entry, posting_rows, lots, consumptions)
+
+
+def claw_back(
+    conn: Connection,
+    member_id: str,
+    points_due: int,
+    *,
+    funding: dict[str, int],
+    source_ref: str,
+    related_entry_id: str,
+    policy: str,
+    now: dt.datetime,
+    transaction_id: str | None = None,
+) -> Posted | None:
+    """Take back up to ``points_due`` points earned by ``related_entry_id``.
+
+    The related entry's own lots are drawn first, then the others
+    first-expiring-first. Under the ``negative`` policy the full amount is
+    taken even if that makes the balance negative; under ``available`` only
+    what the member still has. ``funding`` splits ``points_due`` between the
+    funding sources credited back. Returns ``None`` when nothing is taken.
+    """
+    if policy not in CLAWBACK_POLICIES:
+        raise ValueError(f"unknown clawback policy {policy!r}")
+    if points_due <= 0:
+        return None
+    ma = member_accounts.c
+    if policy == "available":
+        # Lock first, then decide how much to take; the lock makes this safe.
+        row = conn.execute(
+            sa.select(ma.balance).where(ma.member_id == member_id).with_for_update()
+        ).first()
+        if row is None:
+            raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
+        points = min(points_due, max(0, int(row.balance)))
+        if points == 0:
+            return None
+    else:
+        points = points_due
+    balance_after, seq = _bump_account(conn, member_id, delta=-points, now=now)
+    # Credit back the funding sources in proportion, the rounding remainder to the largest.
+    shares = _split(points, funding)
+    lines = [Line(MEMBER, -points)] + [Line(f"issued:{src}", n) for src, n in shares.items() if n]
+    entry_id = new_id()
+    _write_entry(
+        conn,
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind="reversal",
+        source_ref=source_ref,
+        lines=lines,
+        balance_after=balance_after,
+        now=now,
+        transaction_id=transaction_id,
+        related_entry_id=related_entry_id,
+    )
+    own = conn.execute(
+        sa.select(point_lots.c.id).where(
+            point_lots.c.member_id == member_id, point_lots.c.entry_id == related_entry_id
+        )
+    ).scalars()
+    _consume(conn, member_id, entry_id, take(_open_lots(conn, member_id), points, prefer=own))
+    return Posted(entry_id, seq, -points, balance_after)
+
+
+def _split(points: int, weights: dict[str, int]) -> dict[str, int]:
+    total = sum(weights.values())
+    if total <= 0:
+        return {"bank": points}
+    shares = {k: points * w // total for k, w in weights.items()}
+    largest = max(weights, key=lambda k: (weights[k], k))
+    shares[largest] += points - sum(shares.values())
+    return shares
+
+
+def hold(
+    conn: Connection,
+    member_id: str,
+    hold_id: str,
+    points: int,
+    *,
+    capture_account: str,
+    now: dt.datetime,
+) -> Posted:
+    """Move ``points`` from the member's account to ``holds`` (first phase of a spend).
+
+    Refused with :class:`InsufficientPoints` unless the balance covers them.
+    The points come out of the lots first-expiring-first.
+    """
+    if points <= 0:
+        raise ValueError("a hold needs positive points")
+    balance_after, seq = _bump_account(
+        conn, member_id, delta=-points, held_delta=points, now=now, require_cover=points
+    )
+    entry_id = new_id()
+    _write_entry(
+        conn,
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind="hold",
+        source_ref=hold_id,
+        lines=[Line(MEMBER, -points), Line(HOLDS, points)],
+        balance_after=balance_after,
+        now=now,
+    )
+    conn.execute(
+        holds.insert(),
+        {
+            "member_id": member_id,
+            "id": hold_id,
+            "points": points,
+            "status": "pending",
+            "capture_account": capture_account,
+            "hold_entry_id": entry_id,
+            "created_at": now,
+        },
+    )
+    plan = take(_open_lots(conn, member_id), points)
+    if sum(n for _, n in plan) != points:
+        raise AssertionError("lots do not cover the balance")  # invariant 2 broken
+    _consume(conn, member_id, entry_id, plan)
+    return Posted(entry_id, seq, -points, balance_after)
+
+
+def _resolve(conn: Connection, member_id: str, hold_id: str, status: str, now: dt.datetime) -> tuple[str, int, str, str]:
+    h = holds.c
+    entry_id = new_id()
+    row = conn.execute(
+        sa.update(holds)
+        .where(h.member_id == member_id, h.id == hold_id, h.status == "pending")
+        .values(status=status, resolved_at=now, resolution_entry_id=entry_id)
+        .returning(h.points, h.capture_account, h.hold_entry_id)
+    ).first()
+    if row is None:
+        exists = conn.execute(sa.select(h.status).where(h.member_id == member_id, h.id == hold_id)).first()
+        if exists is None:
+            raise NotFound(f"no hold {hold_id!r} for member {member_id!r}")
+        raise HoldNotPending(f"hold {hold_id!r} is already {exists.status}", status=exists.status)
+    return entry_id, int(row.points), row.capture_account, row.hold_entry_id
+
+
+def capture(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) -> Posted:
+    """Second phase, success: the held points go to the hold's capture account."""
+    entry_id, points, account, hold_entry_id = _resolve(conn, member_id, hold_id, "captured", now)
+    balance_after, seq = _bump_account(conn, member_id, delta=0, held_delta=-points)
+    _write_entry(
+        conn,
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind="capture",
+        source_ref=hold_id,
+        lines=[Line(HOLDS, -points), Line(account, points)],
+        balance_after=balance_after,
+        now=now,
+        related_entry_id=hold_entry_id,
+    )
+    return Posted(entry_id, seq, 0, balance_after)
+
+
+def void(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) -> Posted:
+    """Second phase, failure: the held points go back to the member and to
+    the lots they came from (a lot that has expired meanwhile gets them back
+    too, and the expiry job takes them).
+
+    If a refund made the balance negative meanwhile, the returned points pay
+    that debt first and only the rest goes back into lots.
+    """
+    entry_id, points, _account, hold_entry_id = _resolve(conn, member_id, hold_id, "voided", now)
+    balance_after, seq = _bump_account(conn, member_id, delta=points, held_delta=-points)
+    _write_entry(
+        conn,
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind="void",
+        source_ref=hold_id,
+        lines=[Line(HOLDS, -points), Line(MEMBER, points)],
+        balance_after=balance_after,
+        now=now,
+        related_entry_id=hold_entry_id,
+    )
+    restore = min(points, max(0, balance_after))
+    lc = lot_consumptions.c
+    taken = conn.execute(
+        sa.select(lc.lot_id, lc.points, point_lots.c.expires_at)
+        .join(point_lots, sa.and_(point_lots.c.member_id == lc.member_id, point_lots.c.id == lc.lot_id))
+        .where(lc.member_id == member_id, lc.entry_id == hold_entry_id)
+        .order_by(point_lots.c.expires_at.desc(), lc.lot_id)
+    ).all()
+    # Give back the latest-expiring points; a debt absorbs the soonest-expiring.
+    plan = []
+    for row in taken:
+        n = min(restore, int(row.points))
+        if n:
+            plan.append((row.lot_id, -n))
+            restore -= n
+    _consume(conn, member_id, entry_id, plan)
+    return Posted(entry_id, seq, points, balance_after)

@@ -1,0 +1,133 @@
+"""Enrolment and the member's view of their points."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loyalty.db import insert_ignore
+from loyalty.errors import MemberNotFound
+from loyalty.ledger import service as ledger
+from loyalty.ledger.models import journal_entries, member_accounts, point_lots
+from loyalty.members.models import members
+from rules import Programme, evaluate
+
+EXPIRY_WINDOWS = (30, 60, 90)
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    member_id: str
+    birth_date: dt.date | None = None
+    enrolled_at: dt.datetime | None = None
+    channel: str | None = None
+
+
+def enrol(conn: Connection, cmd: Enrolment, *, programme: Programme, now: dt.datetime) -> tuple[bool, dict[str, Any]]:
+    """Enrol a bank customer and credit the programme's account-opening awards.
+
+    Enrolling an existing member changes nothing and returns them as they
+    are. Returns ``(created, member view)``.
+    """
+    created = conn.execute(
+        insert_ignore(conn, members)
+        .values(
+            member_id=cmd.member_id,
+            birth_date=cmd.birth_date,
+            enrolled_at=cmd.enrolled_at or now,
+            channel=cmd.channel,
+            created_at=now,
+        )
+        .returning(members.c.member_id)
+    ).first()
+    if created is not None:
+        conn.execute(member_accounts.insert().values(member_id=cmd.member_id, last_activity_at=None))
+        awards = evaluate(programme, "account_opened", {"channel": cmd.channel})
+        if awards:
+            ledger.accrue(
+                conn,
+                cmd.member_id,
+                awards,
+                kind="bonus",
+                source_ref="account_opened",
+                earned_at=now,
+                expiry_months=programme.expiry_months,
+                now=now,
+                programme_version=programme.version,
+            )
+    return created is not None, member_view(conn, cmd.member_id, now=now)
+
+
+def member_view(conn: Connection, member_id: str, *, now: dt.datetime) -> dict[str, Any]:
+    """Balance, available and held points, points expiring soon, activity."""
+    m, a = members.c, member_accounts.c
+    row = conn.execute(
+        sa.select(m.member_id, m.birth_date, m.enrolled_at, m.channel, a.balance, a.held, a.last_activity_at)
+        .join(member_accounts, member_accounts.c.member_id == m.member_id)
+        .where(m.member_id == member_id)
+    ).first()
+    if row is None:
+        raise MemberNotFound(f"member {member_id!r} is not enrolled")
+    pl = point_lots.c
+    expiring = conn.execute(
+        sa.select(
+            *[
+                sa.func.coalesce(
+                    sa.func.sum(sa.case((pl.expires_at <= now + dt.timedelta(days=d), pl.remaining), else_=0)), 0
+                ).label(f"d{d}")
+                for d in EXPIRY_WINDOWS
+            ]
+        ).where(pl.member_id == member_id, pl.remaining > 0)
+    ).one()
+    return {
+        "member_id": row.member_id,
+        "birth_date": row.birth_date.isoformat() if row.birth_date else None,
+        "enrolled_at": iso(row.enrolled_at),
+        "channel": row.channel,
+        "balance": int(row.balance),
+        "held": int(row.held),
+        "available": max(0, int(row.balance)),
+        "expiring": [{"within_days": d, "points": int(getattr(expiring, f"d{d}"))} for d in EXPIRY_WINDOWS],
+        "last_activity_at": iso(row.last_activity_at),
+    }
+
+
+def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int | None) -> dict[str, Any]:
+    """The member's entries, newest first, ``limit`` at a time (keyset by seq)."""
+    if conn.execute(sa.select(members.c.member_id).where(members.c.member_id == member_id)).first() is None:
+        raise MemberNotFound(f"member {member_id!r} is not enrolled")
+    je = journal_entries.c
+    q = sa.select(
+        je.id, je.seq, je.kind, je.points, je.balance_after, je.transaction_id, je.source_ref,
+        je.related_entry_id, je.posted_at,
+    ).where(je.member_id == member_id)
+    if before_seq is not None:
+        q = q.where(je.seq < before_seq)
+    rows = conn.execute(q.order_by(je.seq.desc()).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "member_id": member_id,
+        "entries": [
+            {
+                "entry_id": r.id,
+                "seq": r.seq,
+                "kind": r.kind,
+                "points": int(r.points),
+                "balance_after": int(r.balance_after),
+                "transaction_id": r.transaction_id,
+                "source_ref": r.source_ref,
+                "related_entry_id": r.related_entry_id,
+                "posted_at": iso(r.posted_at),
+            }
+            for r in rows
+        ],
+        "next_cursor": str(rows[-1].seq) if more else None,
+    }
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

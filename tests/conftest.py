@@ -1,0 +1,162 @@
+"""Fixtures: every test runs against SQLite and against a real PostgreSQL.
+
+PostgreSQL comes from LOYALTY_TEST_POSTGRES_URL (default
+postgresql://postgres@127.0.0.1:5432/test). The suite makes its own database
+there, migrates it once, and empties it between tests. If PostgreSQL cannot
+be reached the run fails; it never skips.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from loyalty import Runtime, create_app
+from loyalty.auth.models import SCOPES
+from loyalty.auth.service import create_key
+from loyalty.config import Settings
+import loyalty.models  # noqa: F401  (fills the metadata)
+from loyalty.db import make_engine, metadata, transaction
+from loyalty.migrate import upgrade
+from rules import default_programme
+from tests.contract import ContractClient
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+#: Tables emptied between tests (the chart of accounts is kept).
+DATA_TABLES = [t.name for t in metadata.sorted_tables if t.name != "accounts"]
+START = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.timezone.utc)
+
+
+class Clock:
+    """A clock tests can set and move; every operation reads time from it."""
+
+    def __init__(self, now: dt.datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> dt.datetime:
+        self.now += dt.timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    admin_url = os.environ.get("LOYALTY_TEST_POSTGRES_URL", DEFAULT_PG)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"loyalty_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.exit(
+            f"PostgreSQL is needed at {admin_url} and could not be reached ({exc.orig}). "
+            "Start it (on Debian: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) "
+            "or set LOYALTY_TEST_POSTGRES_URL to a server where this user may create databases.",
+            returncode=3,
+        )
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=2)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "loyalty.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``postgres_only`` (real concurrency, database triggers) run
+    on PostgreSQL alone: their SQLite variants are not collected."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.get_closest_marker("postgres_only") and callspec and callspec.params.get("backend") == "sqlite":
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        path = tmp_path / "loyalty.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, api_key_cache_seconds=0)
+
+
+@pytest.fixture
+def runtime(settings: Settings, clock: Clock) -> Iterator[Runtime]:
+    rt = Runtime(settings=settings, engine=make_engine(settings.database_url), programme=default_programme(), clock=clock)
+    yield rt
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def engine(runtime: Runtime) -> sa.Engine:
+    return runtime.engine
+
+
+@pytest.fixture
+def app(runtime: Runtime):  # type: ignore[no-untyped-def]
+    app = create_app(runtime)
+    app.config["TESTING"] = True
+    return app
+
+
+def make_key(runtime: Runtime, *scopes: str) -> str:
+    with transaction(runtime.engine) as conn:
+        return create_key(conn, name="test", scopes=frozenset(scopes or SCOPES), now=runtime.now())
+
+
+@pytest.fixture
+def api_key(runtime: Runtime) -> str:
+    return make_key(runtime)
+
+
+@pytest.fixture
+def client(app, api_key: str) -> ContractClient:  # type: ignore[no-untyped-def]
+    """A test client that authenticates and checks every response against openapi.yaml."""
+    return ContractClient(app.test_client(), api_key)

@@ -1,0 +1,26 @@
+"""Small builders shared by the tests."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from tests.conftest import START
+
+
+def txn(transaction_id: str = "t1", member_id: str = "m1", amount: int = 12_345, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "transaction_id": transaction_id,
+        "member_id": member_id,
+        "type": "card_purchase",
+        "amount": amount,
+        "currency": "CNY",
+        "occurred_at": (START - dt.timedelta(hours=1)).isoformat(),
+    }
+    body.update(over)
+    return body
+
+
+def enrol(client: Any, member_id: str = "m1", **over: Any) -> Any:
+    r = client.post("/v1/members", json={"member_id": member_id, **over})
+    assert r.status_code in (200, 201), r.get_json()
+    return r.get_json()
