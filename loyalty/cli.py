@@ -11,10 +11,8 @@ from loyalty.db import transaction
 
 
 @click.group()
-@click.pass_context
-def main(ctx: click.Context) -> None:
+def main() -> None:
     """loyalty: the points and benefits engine. Settings come from LOYALTY_* variables."""
-    ctx.obj = None
 
 
 def rt() -> Runtime:

@@ -1,0 +1,203 @@
+"""Every kind of bad input gets a problem+json naming the field, and writes nothing."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import START, make_key
+from tests.helpers import enrol, txn
+
+WRITTEN = ("transactions", "journal_entries", "postings", "point_lots", "idempotency_keys")
+
+
+def snapshot(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in WRITTEN}
+
+
+def without(field: str) -> dict:
+    body = txn()
+    del body[field]
+    return body
+
+
+BAD_TRANSACTIONS = [
+    ("missing transaction_id", without("transaction_id"), "transaction_id"),
+    ("missing member_id", without("member_id"), "member_id"),
+    ("missing type", without("type"), "type"),
+    ("missing amount", without("amount"), "amount"),
+    ("missing currency", without("currency"), "currency"),
+    ("missing occurred_at", without("occurred_at"), "occurred_at"),
+    ("amount as string", txn(amount="100"), "amount"),
+    ("amount as float", txn(amount=100.5), "amount"),
+    ("amount as boolean", txn(amount=True), "amount"),
+    ("zero amount", txn(amount=0), "amount"),
+    ("negative amount", txn(amount=-100), "amount"),
+    ("amount beyond 10^12", txn(amount=10**12 + 1), "amount"),
+    ("unknown type", txn(type="lottery"), "type"),
+    ("unconfigured currency", txn(currency="USD"), "currency"),
+    ("member_id as number", txn(member_id=42), "member_id"),
+    ("empty transaction_id", txn(transaction_id=""), "transaction_id"),
+    ("transaction_id too long", txn(transaction_id="x" * 65), "transaction_id"),
+    ("transaction_id with spaces", txn(transaction_id="a b"), "transaction_id"),
+    ("occurred_at not a date", txn(occurred_at="yesterday"), "occurred_at"),
+    ("occurred_at without offset", txn(occurred_at="2026-06-15T09:00:00"), "occurred_at"),
+    ("occurred_at 6 minutes ahead", txn(occurred_at=(START + dt.timedelta(minutes=6)).isoformat()), "occurred_at"),
+    ("mcc not four digits", txn(mcc="54a1"), "mcc"),
+    ("unknown field", txn(points=10_000), "points"),
+    ("unknown member", txn(member_id="ghost"), "member_id"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "field"), BAD_TRANSACTIONS, ids=[c[0] for c in BAD_TRANSACTIONS])
+def test_bad_transaction_is_refused_naming_the_field(client, engine, case, body, field):
+    enrol(client)
+    before = snapshot(engine)
+    r = client.post("/v1/transactions", json=body)
+    assert r.status_code == 422, r.get_json()
+    assert r.content_type == "application/problem+json"
+    problem = r.get_json()
+    assert problem["field"] == field
+    assert problem["status"] == 422
+    assert field in problem["detail"] or problem["type"] == "/problems/unknown_member"
+    assert snapshot(engine) == before
+
+
+def test_occurred_at_within_five_minutes_ahead_is_accepted(client):
+    enrol(client)
+    r = client.post("/v1/transactions", json=txn(occurred_at=(START + dt.timedelta(minutes=4)).isoformat()))
+    assert r.status_code == 201
+
+
+def test_every_bad_field_is_listed(client):
+    r = client.post("/v1/transactions", json={"amount": -1})
+    fields = {e["field"] for e in r.get_json()["errors"]}
+    assert fields == {"transaction_id", "member_id", "type", "amount", "currency", "occurred_at"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "field"),
+    [
+        (b'{"transaction_id": "t1",', 400, "body"),
+        (b"\xff\xfe not utf-8", 400, "body"),
+        (b"[1, 2, 3]", 422, "body"),
+        (b'"just a string"', 422, "body"),
+    ],
+)
+def test_malformed_json_is_a_problem_naming_the_body(client, engine, raw, status, field):
+    before = snapshot(engine)
+    r = client.post("/v1/transactions", data=raw, content_type="application/json")
+    assert r.status_code == status
+    assert r.content_type == "application/problem+json"
+    assert r.get_json()["field"] == field
+    assert snapshot(engine) == before
+
+
+def test_wrong_content_type_is_415(client):
+    r = client.post("/v1/transactions", data=json.dumps(txn()), content_type="text/plain")
+    assert r.status_code == 415
+    assert r.get_json()["field"] == "Content-Type"
+
+
+def test_oversized_body_is_413(client, app):
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    r = client.post("/v1/transactions", json=txn(merchant="x" * 2000))
+    assert r.status_code == 413
+    assert r.content_type == "application/problem+json"
+    assert r.get_json()["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount": 100}, "reversal_id"),
+        ({"reversal_id": "r1"}, "amount"),
+        ({"reversal_id": "r1", "amount": 0}, "amount"),
+        ({"reversal_id": "r1", "amount": "5"}, "amount"),
+        ({"reversal_id": "r1", "amount": 5, "why": "x"}, "why"),
+    ],
+)
+def test_bad_refund_is_refused(client, engine, body, field):
+    enrol(client)
+    client.post("/v1/transactions", json=txn())
+    before = snapshot(engine)
+    r = client.post("/v1/transactions/t1/reversals", json=body)
+    assert r.status_code == 422
+    assert r.get_json()["field"] == field
+    assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "member_id"),
+        ({"member_id": ""}, "member_id"),
+        ({"member_id": "m1", "birth_date": "31/12/1990"}, "birth_date"),
+        ({"member_id": "m1", "enrolled_at": "2027-01-01T00:00:00Z"}, "enrolled_at"),
+        ({"member_id": "m1", "tier": "hnw"}, "tier"),
+    ],
+)
+def test_bad_enrolment_is_refused(client, engine, body, field):
+    r = client.post("/v1/members", json=body)
+    assert r.status_code == 422
+    assert r.get_json()["field"] == field
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM members")).scalar_one() == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "field"), [("limit=0", "limit"), ("limit=201", "limit"), ("limit=x", "limit"), ("cursor=-1", "cursor")]
+)
+def test_bad_statement_paging_is_refused(client, query, field):
+    enrol(client)
+    r = client.get(f"/v1/members/m1/entries?{query}")
+    assert r.status_code == 422
+    assert r.get_json()["field"] == field
+
+
+def test_idempotency_key_too_long_is_refused(client):
+    r = client.post("/v1/members", json={"member_id": "m1"}, headers={"Idempotency-Key": "k" * 201})
+    assert r.status_code == 422
+    assert r.get_json()["field"] == "Idempotency-Key"
+
+
+def test_missing_and_wrong_keys_are_401_and_missing_scope_403(client, runtime):
+    r = client.post("/v1/transactions", json=txn(), key=None)
+    assert r.status_code == 401
+    assert r.get_json()["field"] == "Authorization"
+    assert client.post("/v1/transactions", json=txn(), key="lk_nope_nope").status_code == 401
+    read_only = make_key(runtime, "read")
+    r = client.post("/v1/transactions", json=txn(), key=read_only)
+    assert r.status_code == 403
+    assert client.get("/v1/members/m1", key=read_only).status_code == 404  # authorised, but unknown
+    accrue_only = make_key(runtime, "accrue")
+    assert client.get("/v1/members/m1", key=accrue_only).status_code == 403
+
+
+def test_revoked_key_is_refused(client, runtime, engine):
+    key = make_key(runtime, "read")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE api_keys SET revoked_at = created_at"))
+    assert client.get("/v1/members/m1", key=key).status_code == 401
+
+
+def test_unknown_route_is_a_problem(app):
+    r = app.test_client().get("/v1/nothing-here")
+    assert r.status_code == 404
+    assert r.content_type == "application/problem+json"
+
+
+def test_server_error_does_not_leak_the_exception(app, client, monkeypatch):
+    from loyalty.members import service
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(service, "member_view", boom)
+    r = app.test_client().get("/v1/members/m1", headers={"Authorization": f"Bearer {client.api_key}"})
+    assert r.status_code == 500
+    assert r.content_type == "application/problem+json"
+    assert "secret" not in r.get_data(as_text=True)

@@ -1,0 +1,62 @@
+"""The ``loyalty`` command as an operator uses it, run as a real process."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from loyalty.auth.service import hash_key
+
+LOYALTY = str(Path(sys.executable).with_name("loyalty"))
+
+
+def loyalty(database_url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LOYALTY_DATABASE_URL": database_url}
+    return subprocess.run([LOYALTY, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_db_upgrade_creates_the_schema_on_a_new_sqlite_file(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    result = loyalty(url, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar_one() >= 5
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+    assert loyalty(url, "db", "upgrade").returncode == 0  # idempotent
+
+
+def test_api_keys_create_prints_the_key_last_and_stores_only_its_hash(database_url, engine):
+    result = loyalty(database_url, "api-keys", "create", "--name", "mobile-app", "--scopes", "accrue,read")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("lk_")
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT name, scopes, key_hash FROM api_keys")).one()
+        dump = " ".join(str(v) for v in conn.execute(sa.text("SELECT * FROM api_keys")).one())
+    assert (row.name, row.scopes, row.key_hash) == ("mobile-app", "accrue,read", hash_key(key))
+    assert key not in dump
+
+
+def test_api_keys_create_refuses_unknown_scopes(database_url):
+    result = loyalty(database_url, "api-keys", "create", "--name", "x", "--scopes", "accrue,root")
+    assert result.returncode == 2
+    assert "root" in result.stderr
+
+
+def test_demo_key_is_created_once_and_then_reused(database_url, tmp_path):
+    first = loyalty(database_url, "api-keys", "demo", "--file", str(tmp_path / "key"))
+    second = loyalty(database_url, "api-keys", "demo", "--file", str(tmp_path / "key"))
+    assert first.returncode == 0 and second.returncode == 0
+    assert first.stdout.strip() == second.stdout.strip() == (tmp_path / "key").read_text().strip()
+
+
+def test_verify_reports_a_clean_ledger(database_url, client):
+    client.post("/v1/members", json={"member_id": "m1"})
+    result = loyalty(database_url, "verify")
+    assert result.returncode == 0, result.stdout
+    assert "every invariant holds" in result.stdout

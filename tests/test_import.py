@@ -1,0 +1,152 @@
+"""``loyalty import-transactions``: bulk, idempotent, with a rejects file."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from loyalty import cli
+from loyalty.db import transaction
+from loyalty.ledger import verify
+from loyalty.members.service import Enrolment, enrol
+from tests.conftest import START
+
+HEADER = ["transaction_id", "member_id", "type", "amount", "currency", "occurred_at", "channel", "mcc", "merchant"]
+WHEN = "2026-06-14T10:00:00+08:00"
+
+
+def write_csv(path: Path, rows: list[list[object]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def run_import(runtime, database_url, clock):
+    def run(path: Path, *args: str):
+        result = CliRunner().invoke(
+            cli.main,
+            ["import-transactions", str(path), "--no-progress", *args],
+            env={"LOYALTY_DATABASE_URL": database_url},
+            obj=runtime,
+            catch_exceptions=False,
+        )
+        return result
+
+    return run
+
+
+@pytest.fixture
+def members(runtime):
+    with transaction(runtime.engine) as conn:
+        for m in ("m1", "m2", "m3"):
+            enrol(conn, Enrolment(m), programme=runtime.programme, now=runtime.now())
+
+
+def balances(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT member_id, balance FROM member_accounts")).all())
+
+
+def assert_verified(engine) -> None:
+    with engine.connect() as conn:
+        assert [o.check.name for o in verify.run(conn) if not o.ok] == []
+
+
+def test_import_posts_rejects_and_replays(members, run_import, engine, tmp_path):
+    path = write_csv(
+        tmp_path / "eod.csv",
+        [
+            ["a1", "m1", "card_purchase", 10_000, "CNY", WHEN, "pos", "5411", "超市"],
+            ["a2", "m1", "card_purchase", 20_050, "CNY", WHEN, "", "", ""],
+            ["a3", "m2", "transfer", 500_000, "CNY", WHEN, "app", "", ""],
+            ["a4", "ghost", "card_purchase", 100, "CNY", WHEN, "", "", ""],
+            ["a5", "m3", "card_purchase", -1, "CNY", WHEN, "", "", ""],
+            ["a6", "m3", "card_purchase", 100, "USD", WHEN, "", "", ""],
+            ["a1", "m1", "card_purchase", 10_000, "CNY", WHEN, "pos", "5411", "超市"],
+            ["a1", "m1", "card_purchase", 99_999, "CNY", WHEN, "", "", ""],
+        ],
+    )
+    result = run_import(path)
+    assert result.exit_code == 0, result.output
+    assert "posted 3, replayed 1, rejected 4" in result.output
+    assert balances(engine) == {"m1": 500 + 100 + 200, "m2": 500, "m3": 500}
+    rejects = list(csv.DictReader((tmp_path / "eod.csv.rejects.csv").read_text(encoding="utf-8").splitlines()))
+    assert [r["transaction_id"] for r in rejects] == ["a5", "a6", "a1", "a4"]
+    reasons = {r["transaction_id"] + r["line"]: r["reason"] for r in rejects}
+    assert "amount" in reasons["a56"]
+    assert "currency" in reasons["a67"]
+    assert "different fields" in reasons["a19"]
+    assert "not enrolled" in reasons["a45"]
+    assert_verified(engine)
+
+    again = run_import(path)
+    assert "posted 0, replayed 4, rejected 4" in again.output
+    assert balances(engine) == {"m1": 800, "m2": 500, "m3": 500}
+    assert_verified(engine)
+
+
+def test_import_resumed_after_a_partial_run_posts_nothing_twice(members, run_import, engine, tmp_path):
+    rows = [[f"x{i}", f"m{i % 3 + 1}", "card_purchase", 100 * (i + 1), "CNY", WHEN, "", "", ""] for i in range(50)]
+    write_csv(tmp_path / "first.csv", rows[:20])
+    write_csv(tmp_path / "all.csv", rows)
+    assert "posted 20" in run_import(tmp_path / "first.csv", "--chunk-size", "7").output
+    result = run_import(tmp_path / "all.csv", "--chunk-size", "7")
+    assert "posted 30, replayed 20, rejected 0" in result.output
+    expected = {f"m{k}": 500 + sum(i + 1 for i in range(50) if i % 3 + 1 == k) for k in (1, 2, 3)}
+    assert balances(engine) == expected
+    assert_verified(engine)
+
+
+def test_imported_transaction_replays_through_the_api(members, run_import, client, tmp_path):
+    write_csv(tmp_path / "eod.csv", [["a1", "m1", "card_purchase", 10_000, "CNY", WHEN, "", "", ""]])
+    run_import(tmp_path / "eod.csv")
+    body = {
+        "transaction_id": "a1",
+        "member_id": "m1",
+        "type": "card_purchase",
+        "amount": 10_000,
+        "currency": "CNY",
+        "occurred_at": WHEN,
+        "channel": None,
+        "mcc": None,
+        "merchant": None,
+    }
+    r = client.post("/v1/transactions", json=body)
+    assert r.status_code == 200
+    assert r.get_json()["points"] == 100
+    assert r.get_json()["balance"] == 600
+
+
+def test_import_pays_a_negative_balance_first(members, run_import, client, engine, runtime, tmp_path):
+    from loyalty.ledger import service as ledger
+
+    client.post(
+        "/v1/transactions",
+        json={"transaction_id": "t0", "member_id": "m1", "type": "card_purchase", "amount": 50_000,
+              "currency": "CNY", "occurred_at": START.isoformat()},
+    )
+    with transaction(engine) as conn:
+        ledger.hold(conn, "m1", "h1", 1_000, capture_account="redeemed:unspecified", now=runtime.now())
+        ledger.capture(conn, "m1", "h1", now=runtime.now())
+    client.post("/v1/transactions/t0/reversals", json={"reversal_id": "r0", "amount": 50_000})
+    assert balances(engine)["m1"] == -500
+    write_csv(tmp_path / "eod.csv", [["a1", "m1", "card_purchase", 80_000, "CNY", WHEN, "", "", ""]])
+    run_import(tmp_path / "eod.csv")
+    assert balances(engine)["m1"] == 300
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT sum(remaining) FROM point_lots WHERE member_id = 'm1'")).scalar_one() == 300
+    assert_verified(engine)
+
+
+def test_import_refuses_a_file_without_the_columns(members, runtime, database_url, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("id,amount\n1,2\n")
+    result = CliRunner().invoke(cli.main, ["import-transactions", str(path)], obj=runtime)
+    assert result.exit_code == 2
+    assert "lacks transaction_id" in result.output
