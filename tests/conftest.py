@@ -18,11 +18,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+import loyalty.models  # noqa: F401  (fills the metadata)
 from loyalty import Runtime, create_app
 from loyalty.auth.models import SCOPES
 from loyalty.auth.service import create_key
 from loyalty.config import Settings
-import loyalty.models  # noqa: F401  (fills the metadata)
 from loyalty.db import make_engine, metadata, transaction
 from loyalty.migrate import upgrade
 from rules import default_programme
@@ -31,7 +31,7 @@ from tests.contract import ContractClient
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 #: Tables emptied between tests (the chart of accounts is kept).
 DATA_TABLES = [t.name for t in metadata.sorted_tables if t.name != "accounts"]
-START = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
 
 
 class Clock:

@@ -7,7 +7,7 @@ import pytest
 
 from loyalty.ledger.lots import OpenLot, add_months, check_balanced, fifo_order, take
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def at(year: int, month: int, day: int, hour: int = 0) -> dt.datetime:

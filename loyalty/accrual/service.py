@@ -61,7 +61,7 @@ def request_hash(payload: dict[str, Any]) -> str:
     """SHA-256 of a canonical JSON form, to tell a retry from a different request."""
     def default(value: object) -> str:
         if isinstance(value, dt.datetime):
-            return value.astimezone(dt.timezone.utc).isoformat()
+            return value.astimezone(dt.UTC).isoformat()
         return str(value)
 
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=default)
@@ -246,11 +246,8 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
             t.transaction_id == cmd.transaction_id,
             t.reversed_amount + cmd.amount <= t.amount,
         )
-        .values(
-            reversed_amount=t.reversed_amount + cmd.amount,
-            reversed_points=(t.points * (t.reversed_amount + cmd.amount)) // t.amount,
-        )
-        .returning(t.amount, t.points, t.reversed_amount, t.reversed_points, t.entry_id)
+        .values(reversed_amount=t.reversed_amount + cmd.amount)
+        .returning(t.amount, t.points, t.reversed_amount, t.entry_id)
     ).first()
     if row is None:
         left = conn.execute(
@@ -259,8 +256,16 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
             )
         ).scalar_one()
         raise ValidationError.one("amount", f"exceeds the unrefunded amount of the transaction ({left})")
-    before = int(row.points) * (int(row.reversed_amount) - cmd.amount) // int(row.amount)
-    due = int(row.reversed_points) - before
+    # In Python, not SQL: points * amount can pass 2**63 (PostgreSQL refuses it,
+    # SQLite silently falls back to floating point). The row is locked by now.
+    points, amount, refunded = int(row.points), int(row.amount), int(row.reversed_amount)
+    reversed_points = points * refunded // amount
+    due = reversed_points - points * (refunded - cmd.amount) // amount
+    conn.execute(
+        sa.update(transactions)
+        .where(t.member_id == member_id, t.transaction_id == cmd.transaction_id)
+        .values(reversed_points=reversed_points)
+    )
     posted = None
     if due > 0:
         pl = point_lots.c

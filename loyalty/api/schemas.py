@@ -66,7 +66,7 @@ class TransactionSchema(Base):
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> TransactionCommand:
-        data["occurred_at"] = data["occurred_at"].astimezone(dt.timezone.utc)
+        data["occurred_at"] = data["occurred_at"].astimezone(dt.UTC)
         return TransactionCommand(**data)
 
 

@@ -12,14 +12,14 @@ from loyalty.accrual import service
 from loyalty.accrual.models import idempotency_keys
 from loyalty.accrual.service import Result, ReversalCommand
 from loyalty.api import (
-    key_scope,
-    replay,
-    request_digest,
     bp,
     execute,
     idempotency_key,
     json_body,
     json_response,
+    key_scope,
+    replay,
+    request_digest,
     requires,
     result_response,
     runtime,

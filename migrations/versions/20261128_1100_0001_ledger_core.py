@@ -7,9 +7,8 @@ Create Date: 2026-11-28 11:00:55.792178
 Each migration must work with the code of the previous release still
 running, so that nodes can be upgraded one at a time.
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
