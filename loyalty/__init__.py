@@ -1,4 +1,5 @@
 """loyalty: a double-entry loyalty points and benefits engine for retail banks."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,7 +28,9 @@ class Runtime:
         return self.clock()
 
 
-def make_runtime(settings: Settings | None = None, *, clock: Callable[[], dt.datetime] | None = None, **engine_kwargs: Any) -> Runtime:
+def make_runtime(
+    settings: Settings | None = None, *, clock: Callable[[], dt.datetime] | None = None, **engine_kwargs: Any
+) -> Runtime:
     settings = settings or Settings.from_env()
     return Runtime(
         settings=settings,

@@ -1,4 +1,5 @@
 """The ``loyalty`` command."""
+
 from __future__ import annotations
 
 import sys
@@ -96,7 +97,11 @@ def verify() -> None:
 
 @main.command("import-transactions")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), help="Where rejected rows go (default FILE.rejects.csv).")
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where rejected rows go (default FILE.rejects.csv).",
+)
 @click.option("--chunk-size", default=5000, show_default=True, help="Rows per database transaction.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def import_transactions(file: Path, rejects: Path | None, chunk_size: int, progress: bool) -> None:

@@ -1,4 +1,5 @@
 """Settings, read from the environment (``LOYALTY_*``)."""
+
 from __future__ import annotations
 
 import os

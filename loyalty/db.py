@@ -1,4 +1,5 @@
 """Database plumbing: metadata, column types, engines and the per-operation transaction."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,5 @@
 """The service's error hierarchy. Each error maps to one RFC 7807 problem."""
+
 from __future__ import annotations
 
 from typing import Any

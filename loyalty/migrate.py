@@ -1,4 +1,5 @@
 """Running Alembic from the service (``loyalty db upgrade``, ``make run``, tests)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Imports every table so ``metadata`` is complete (for Alembic and tests)."""
+
 from loyalty.accrual.models import idempotency_keys, reversals, transactions
 from loyalty.auth.models import api_keys
 from loyalty.db import metadata
@@ -14,6 +15,17 @@ from loyalty.ledger.models import (
 from loyalty.members.models import members
 
 __all__ = [
-    "metadata", "accounts", "member_accounts", "journal_entries", "postings", "point_lots",
-    "lot_consumptions", "holds", "members", "transactions", "reversals", "idempotency_keys", "api_keys",
+    "metadata",
+    "accounts",
+    "member_accounts",
+    "journal_entries",
+    "postings",
+    "point_lots",
+    "lot_consumptions",
+    "holds",
+    "members",
+    "transactions",
+    "reversals",
+    "idempotency_keys",
+    "api_keys",
 ]

@@ -5,6 +5,7 @@ postgresql://postgres@127.0.0.1:5432/test). The suite makes its own database
 there, migrates it once, and empties it between tests. If PostgreSQL cannot
 be reached the run fails; it never skips.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -129,7 +130,9 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 def runtime(settings: Settings, clock: Clock) -> Iterator[Runtime]:
-    rt = Runtime(settings=settings, engine=make_engine(settings.database_url), programme=default_programme(), clock=clock)
+    rt = Runtime(
+        settings=settings, engine=make_engine(settings.database_url), programme=default_programme(), clock=clock
+    )
     yield rt
     rt.engine.dispose()
 

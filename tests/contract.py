@@ -1,4 +1,5 @@
 """Checks responses against openapi.yaml, so the contract cannot drift from the code."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,9 @@ def check_response(method: str, path: str, status: int, content_type: str, body:
     try:
         jsonschema.validate(json.loads(body), schema, cls=jsonschema.Draft202012Validator)
     except jsonschema.ValidationError as exc:
-        raise AssertionError(f"{method} {path} {status} body breaks openapi.yaml: {exc.message} at {list(exc.absolute_path)}") from None
+        raise AssertionError(
+            f"{method} {path} {status} body breaks openapi.yaml: {exc.message} at {list(exc.absolute_path)}"
+        ) from None
 
 
 def _resolve(ref: str) -> dict[str, Any]:
@@ -74,13 +77,17 @@ class ContractClient:
         self.client = client
         self.api_key = api_key
 
-    def open(self, method: str, path: str, *, key: Any = "default", headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    def open(
+        self, method: str, path: str, *, key: Any = "default", headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
         headers = dict(headers or {})
         key = self.api_key if key == "default" else key
         if key is not None:
             headers.setdefault("Authorization", f"Bearer {key}")
         response = self.client.open(path, method=method, headers=headers, **kwargs)
-        check_response(method, path.split("?")[0], response.status_code, response.content_type or "", response.get_data())
+        check_response(
+            method, path.split("?")[0], response.status_code, response.content_type or "", response.get_data()
+        )
         return response
 
     def get(self, path: str, **kwargs: Any) -> Any:

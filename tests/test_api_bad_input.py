@@ -1,4 +1,5 @@
 """Every kind of bad input gets a problem+json naming the field, and writes nothing."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,5 @@
 """Enrolment, balance and statement."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa

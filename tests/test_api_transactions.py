@@ -1,4 +1,5 @@
 """POST /v1/transactions, its batch form, refunds and replays, on both backends."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -224,7 +225,9 @@ def test_batch_with_idempotency_key_replays_whole_answer(client, engine):
     again = client.post("/v1/transactions/batch", json=body, headers={"Idempotency-Key": "batch-1"})
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first.get_json()
-    other = client.post("/v1/transactions/batch", json={"transactions": [txn("b3")]}, headers={"Idempotency-Key": "batch-1"})
+    other = client.post(
+        "/v1/transactions/batch", json={"transactions": [txn("b3")]}, headers={"Idempotency-Key": "batch-1"}
+    )
     assert other.status_code == 409
     assert count(engine, "transactions") == 2
 

@@ -1,4 +1,5 @@
 """The ``loyalty`` command as an operator uses it, run as a real process."""
+
 from __future__ import annotations
 
 import os

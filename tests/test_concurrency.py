@@ -2,6 +2,7 @@
 
 Each scenario ends with ``loyalty verify``'s checks over the whole database.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -225,8 +226,10 @@ def test_refunds_racing_accruals_and_holds_keep_every_invariant(rt):
     # No transaction was refunded beyond its amount, and the points followed the cumulative formula.
     with transaction(rt.engine, readonly=True) as conn:
         rows = conn.execute(
-            sa.text("SELECT transaction_id, amount, points, reversed_amount, reversed_points FROM transactions "
-                    "WHERE transaction_id LIKE 't%'")
+            sa.text(
+                "SELECT transaction_id, amount, points, reversed_amount, reversed_points FROM transactions "
+                "WHERE transaction_id LIKE 't%'"
+            )
         ).all()
         pending = conn.execute(sa.select(sa.func.count()).where(holds.c.status == "pending")).scalar_one()
     refunded: dict[str, int] = {}

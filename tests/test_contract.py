@@ -1,4 +1,5 @@
 """openapi.yaml and the running app describe the same API."""
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,9 @@ def test_every_route_is_documented_and_every_documented_route_exists(app):
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             served.add((method.lower(), path))
-    documented = {(m, p) for p, ops in spec()["paths"].items() for m in ops if m in {"get", "post", "put", "delete", "patch"}}
+    documented = {
+        (m, p) for p, ops in spec()["paths"].items() for m in ops if m in {"get", "post", "put", "delete", "patch"}
+    }
     assert served == documented
 
 

@@ -1,4 +1,5 @@
 """``loyalty import-transactions``: bulk, idempotent, with a rejects file."""
+
 from __future__ import annotations
 
 import csv
@@ -128,8 +129,14 @@ def test_import_pays_a_negative_balance_first(members, run_import, client, engin
 
     client.post(
         "/v1/transactions",
-        json={"transaction_id": "t0", "member_id": "m1", "type": "card_purchase", "amount": 50_000,
-              "currency": "CNY", "occurred_at": START.isoformat()},
+        json={
+            "transaction_id": "t0",
+            "member_id": "m1",
+            "type": "card_purchase",
+            "amount": 50_000,
+            "currency": "CNY",
+            "occurred_at": START.isoformat(),
+        },
     )
     with transaction(engine) as conn:
         ledger.hold(conn, "m1", "h1", 1_000, capture_account="redeemed:unspecified", now=runtime.now())

@@ -2,6 +2,7 @@
 
 Every scenario ends by running ``loyalty verify``'s checks over the database.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -193,7 +194,11 @@ def test_card_spend_earns_one_point_per_yuan_into_its_own_lot(books):
     assert books.lot_expiry("t1") == add_months(occurred, 24)
     entry = books.entries()[-1]
     assert (entry.kind, entry.seq, entry.points, entry.balance_after, entry.transaction_id) == (
-        "accrual", 2, 123, 623, "t1"
+        "accrual",
+        2,
+        123,
+        623,
+        "t1",
     )
     books.assert_verified()
 
@@ -674,12 +679,19 @@ def test_accrual_of_several_awards_pays_the_debt_from_them_in_order(books, runti
     ]
     with transaction(runtime.engine) as conn:
         posted = ledger.accrue(
-            conn, "m1", awards, kind="bonus", source_ref="promo", earned_at=books.now(),
-            expiry_months=24, now=books.now(),
+            conn,
+            "m1",
+            awards,
+            kind="bonus",
+            source_ref="promo",
+            earned_at=books.now(),
+            expiry_months=24,
+            now=books.now(),
         )
     assert (posted.points, posted.balance_after) == (130, 30)
     assert [(lot["rule_id"], lot["original"], lot["remaining"]) for lot in posted.lots] == [
-        ("promo-a", 60, 0), ("promo-b", 70, 30)
+        ("promo-a", 60, 0),
+        ("promo-b", 70, 30),
     ]
     lc = lot_consumptions.c
     taken = dict(books.read(sa.select(lc.lot_id, lc.points).where(lc.entry_id == posted.entry_id)))
@@ -692,8 +704,14 @@ def test_accrual_refuses_awards_that_are_not_positive(books, runtime):
     for awards in ([], [Award("zero", 0, "bank", False, "nothing")]):
         with pytest.raises(ValueError), transaction(runtime.engine) as conn:
             ledger.accrue(
-                conn, "m1", awards, kind="bonus", source_ref="x", earned_at=books.now(),
-                expiry_months=24, now=books.now(),
+                conn,
+                "m1",
+                awards,
+                kind="bonus",
+                source_ref="x",
+                earned_at=books.now(),
+                expiry_months=24,
+                now=books.now(),
             )
     assert books.balance() == 500
     books.assert_verified()
@@ -778,7 +796,11 @@ def test_system_accounts_mirror_the_member_movements(books):
     assert books.account_total(REDEEMED) == 300
     assert books.account_total("holds") == 100
     assert books.account_total("member") == books.balance("m1") + books.balance("m2") == 323 + 500
-    assert books.account_total("issued:bank") + books.account_total(REDEEMED) + books.account_total(
-        "holds"
-    ) + books.account_total("member") == 0
+    assert (
+        books.account_total("issued:bank")
+        + books.account_total(REDEEMED)
+        + books.account_total("holds")
+        + books.account_total("member")
+        == 0
+    )
     books.assert_verified()

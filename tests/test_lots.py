@@ -1,4 +1,5 @@
 """The ledger's pure lot arithmetic: no database."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,5 @@
 """The schema: migrations match the models, and it can be distributed by member."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -10,8 +11,15 @@ from loyalty.db import metadata
 
 #: Tables whose rows belong to one member: distributed by member_id.
 MEMBER_SCOPED = {
-    "members", "member_accounts", "journal_entries", "postings", "point_lots",
-    "lot_consumptions", "holds", "transactions", "reversals",
+    "members",
+    "member_accounts",
+    "journal_entries",
+    "postings",
+    "point_lots",
+    "lot_consumptions",
+    "holds",
+    "transactions",
+    "reversals",
 }
 #: Tables that are not member-scoped, and why.
 NOT_MEMBER_SCOPED = {

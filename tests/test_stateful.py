@@ -6,6 +6,7 @@ not disturb each other), and after every step checks that the member's
 balance, held points, lots and holds are what an in-memory model says, and
 that every ``loyalty verify`` check passes over the whole database.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -272,12 +273,11 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         ma, pl, h = member_accounts.c, point_lots.c, holds.c
         with transaction(self.rt.engine, readonly=True) as conn:
-            account = conn.execute(
-                sa.select(ma.balance, ma.held).where(ma.member_id == self.member)
-            ).one()
-            lots = {r.id: (int(r.remaining), r.expires_at) for r in conn.execute(
-                sa.select(pl.id, pl.remaining, pl.expires_at).where(pl.member_id == self.member)
-            )}
+            account = conn.execute(sa.select(ma.balance, ma.held).where(ma.member_id == self.member)).one()
+            lots = {
+                r.id: (int(r.remaining), r.expires_at)
+                for r in conn.execute(sa.select(pl.id, pl.remaining, pl.expires_at).where(pl.member_id == self.member))
+            }
             statuses = dict(conn.execute(sa.select(h.id, h.status).where(h.member_id == self.member)).all())
             outcomes = verify.run(conn)
         assert (account.balance, account.held) == (self.model.balance, self.model.held)

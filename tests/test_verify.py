@@ -4,6 +4,7 @@ Each case builds a healthy ledger through the services, then breaks one
 invariant with raw SQL behind the application's back (triggers and foreign
 keys switched off for that one transaction), and runs the real CLI.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -150,8 +151,10 @@ def unbalance_two_entries(conn: sa.Connection) -> None:
 def edit_one_posting(conn: sa.Connection) -> None:
     """Change one line of an entry: the entry and so the whole ledger no longer sum to zero."""
     conn.execute(
-        sa.text(f"UPDATE postings SET amount = amount - 1 WHERE member_id = 'm1' AND account = 'issued:bank' "
-                f"AND entry_id = {ENTRY}"),
+        sa.text(
+            f"UPDATE postings SET amount = amount - 1 WHERE member_id = 'm1' AND account = 'issued:bank' "
+            f"AND entry_id = {ENTRY}"
+        ),
         {"kind": "accrual", "ref": "t1"},
     )
 
@@ -173,8 +176,10 @@ def credit_member_posting(conn: sa.Connection) -> None:
     """Shift 10 points inside one entry from the issuer to the member: balanced, but the stored balance is off."""
     for account, delta in (("member", 10), ("issued:bank", -10)):
         conn.execute(
-            sa.text(f"UPDATE postings SET amount = amount + :delta WHERE member_id = 'm1' AND account = :account "
-                    f"AND entry_id = {ENTRY}"),
+            sa.text(
+                f"UPDATE postings SET amount = amount + :delta WHERE member_id = 'm1' AND account = :account "
+                f"AND entry_id = {ENTRY}"
+            ),
             {"delta": delta, "account": account, "kind": "accrual", "ref": "t1"},
         )
 
@@ -182,8 +187,10 @@ def credit_member_posting(conn: sa.Connection) -> None:
 def grow_a_lot(conn: sa.Connection) -> None:
     """A lot grows by 10 (original and remaining alike): consistent with itself, not with the balance."""
     conn.execute(
-        sa.text(f"UPDATE point_lots SET original = original + 10, remaining = remaining + 10 "
-                f"WHERE member_id = 'm1' AND entry_id = {ENTRY}"),
+        sa.text(
+            f"UPDATE point_lots SET original = original + 10, remaining = remaining + 10 "
+            f"WHERE member_id = 'm1' AND entry_id = {ENTRY}"
+        ),
         {"kind": "accrual", "ref": "t1"},
     )
 
@@ -246,8 +253,10 @@ def refund_more_than_the_amount(conn: sa.Connection) -> None:
 
 def refund_more_points_than_earned(conn: sa.Connection) -> None:
     conn.execute(
-        sa.text("UPDATE reversals SET points_due = points_due + 100, points = points + 100 "
-                "WHERE member_id = 'm1' AND reversal_id = 'r1'")
+        sa.text(
+            "UPDATE reversals SET points_due = points_due + 100, points = points + 100 "
+            "WHERE member_id = 'm1' AND reversal_id = 'r1'"
+        )
     )
 
 
@@ -340,8 +349,14 @@ def _entry(rt: Runtime, conn: sa.Connection, seq: int) -> str:
     entry_id = ledger.new_id()
     conn.execute(
         journal_entries.insert().values(
-            member_id="m1", id=entry_id, seq=seq, kind="adjustment", source_ref=f"adj-{seq}",
-            points=10, balance_after=0, posted_at=rt.now(),
+            member_id="m1",
+            id=entry_id,
+            seq=seq,
+            kind="adjustment",
+            source_ref=f"adj-{seq}",
+            points=10,
+            balance_after=0,
+            posted_at=rt.now(),
         )
     )
     return entry_id

@@ -6,6 +6,7 @@ The file is CSV with a header row and the columns of ``POST /v1/transactions``:
 database transaction of set-based statements. Each transaction id posts at
 most once, so a re-run, or a run resumed after a crash, posts nothing twice.
 """
+
 from __future__ import annotations
 
 import csv
@@ -63,7 +64,9 @@ def parse_row(raw: dict[str, str], now: dt.datetime) -> TransactionCommand:
     return load_transaction(data, now)
 
 
-def import_file(rt: Runtime, path: Path, *, rejects_path: Path, chunk_size: int = 5000, progress: bool = True) -> Summary:
+def import_file(
+    rt: Runtime, path: Path, *, rejects_path: Path, chunk_size: int = 5000, progress: bool = True
+) -> Summary:
     summary = Summary()
     with path.open(newline="", encoding="utf-8") as f:
         total = max(0, sum(1 for _ in f) - 1)

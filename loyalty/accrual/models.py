@@ -1,4 +1,5 @@
 """Source transactions, refunds against them, and idempotency records."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -52,9 +53,7 @@ reversals = sa.Table(
     sa.Column("entry_id", sa.Uuid(as_uuid=False)),
     sa.Column("balance_after", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.ForeignKeyConstraint(
-        ["member_id", "transaction_id"], ["transactions.member_id", "transactions.transaction_id"]
-    ),
+    sa.ForeignKeyConstraint(["member_id", "transaction_id"], ["transactions.member_id", "transactions.transaction_id"]),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint("points >= 0 AND points <= points_due", name="points_in_range"),
 )

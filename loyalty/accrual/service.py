@@ -5,6 +5,7 @@ statement of every operation claims its key in ``idempotency_keys``; a
 concurrent duplicate waits on that row and, once the first commits, finds
 the key taken and replays the stored result.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -59,6 +60,7 @@ class Result:
 
 def request_hash(payload: dict[str, Any]) -> str:
     """SHA-256 of a canonical JSON form, to tell a retry from a different request."""
+
     def default(value: object) -> str:
         if isinstance(value, dt.datetime):
             return value.astimezone(dt.UTC).isoformat()
@@ -91,9 +93,7 @@ def claim_key(
     ik = idempotency_keys.c
     existing = conn.execute(sa.select(idempotency_keys).where(ik.scope == scope, ik.key == key)).one()
     if existing.request_hash != digest:
-        raise IdempotencyConflict(
-            f"{scope} {key!r} was already used with a different request", field=_key_field(scope)
-        )
+        raise IdempotencyConflict(f"{scope} {key!r} was already used with a different request", field=_key_field(scope))
     return existing
 
 
@@ -111,8 +111,13 @@ def record_transaction(conn: Connection, cmd: TransactionCommand, *, programme: 
     awards = sorted(evaluate(programme, "transaction", facts), key=lambda a: a.rule_id)
     entry_id = ledger.new_id() if awards else None
     existing = claim_key(
-        conn, "transaction", cmd.transaction_id, request_hash(facts),
-        member_id=cmd.member_id, now=now, entry_id=entry_id,
+        conn,
+        "transaction",
+        cmd.transaction_id,
+        request_hash(facts),
+        member_id=cmd.member_id,
+        now=now,
+        entry_id=entry_id,
     )
     if existing is not None:
         return Result(200, transaction_body(conn, existing.member_id, cmd.transaction_id), replayed=True)
@@ -152,17 +157,16 @@ def touch(conn: Connection, member_id: str, now: dt.datetime) -> int:
     """Record activity without points; returns the balance. Locks the member's row."""
     ma = member_accounts.c
     row = conn.execute(
-        sa.update(member_accounts)
-        .where(ma.member_id == member_id)
-        .values(last_activity_at=now)
-        .returning(ma.balance)
+        sa.update(member_accounts).where(ma.member_id == member_id).values(last_activity_at=now).returning(ma.balance)
     ).first()
     if row is None:
         raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
     return int(row.balance)
 
 
-def _transaction_json(cmd: Any, points: int, entry_id: str | None, balance: int, version: str, awards: list[Award]) -> dict[str, Any]:
+def _transaction_json(
+    cmd: Any, points: int, entry_id: str | None, balance: int, version: str, awards: list[Award]
+) -> dict[str, Any]:
     return {
         "transaction_id": cmd.transaction_id,
         "member_id": cmd.member_id,
@@ -233,9 +237,7 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
     ``amount`` the transaction has given back ``floor(points * r / amount)``.
     """
     member_id = find_transaction_member(conn, cmd.transaction_id)
-    existing = claim_key(
-        conn, "reversal", cmd.reversal_id, request_hash(asdict(cmd)), member_id=member_id, now=now
-    )
+    existing = claim_key(conn, "reversal", cmd.reversal_id, request_hash(asdict(cmd)), member_id=member_id, now=now)
     if existing is not None:
         return Result(200, reversal_body(conn, existing.member_id, cmd.reversal_id), replayed=True)
     t = transactions.c

@@ -3,6 +3,7 @@
 Views are thin: they parse the request into a command, open one transaction,
 call one service, and turn the result into JSON.
 """
+
 from __future__ import annotations
 
 import datetime as dt

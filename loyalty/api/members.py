@@ -1,4 +1,5 @@
 """Members: enrolment, balance, statement."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,5 @@
 """Request schemas: marshmallow turns JSON into the plain commands services take."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,7 +19,10 @@ MAX_AMOUNT = 10**12
 CLOCK_SKEW = dt.timedelta(minutes=5)
 CURRENCIES = ("CNY",)
 
-ID = validate.And(validate.Length(min=1, max=64), validate.Regexp(r"^[A-Za-z0-9._:\-]+$", error="may contain only letters, digits and . _ : -"))
+ID = validate.And(
+    validate.Length(min=1, max=64),
+    validate.Regexp(r"^[A-Za-z0-9._:\-]+$", error="may contain only letters, digits and . _ : -"),
+)
 
 
 class StrictInteger(fields.Integer):
@@ -61,7 +65,9 @@ class TransactionSchema(Base):
     currency = StrictString(required=True, validate=validate.OneOf(CURRENCIES))
     occurred_at = fields.AwareDateTime(required=True)
     channel = StrictString(load_default=None, allow_none=True, validate=validate.Length(min=1, max=32))
-    mcc = StrictString(load_default=None, allow_none=True, validate=validate.Regexp(r"^\d{4}$", error="must be four digits"))
+    mcc = StrictString(
+        load_default=None, allow_none=True, validate=validate.Regexp(r"^\d{4}$", error="must be four digits")
+    )
     merchant = StrictString(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
 
     @post_load

@@ -1,4 +1,5 @@
 """Transactions: accrual one at a time or in batches, refunds."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -35,9 +36,7 @@ def post_transaction() -> Response:
     body = json_body()
     rt = runtime()
     cmd = load_transaction(body, rt.now())
-    return execute(
-        lambda conn, now: service.record_transaction(conn, cmd, programme=rt.programme, now=now), body
-    )
+    return execute(lambda conn, now: service.record_transaction(conn, cmd, programme=rt.programme, now=now), body)
 
 
 @bp.get("/transactions/<transaction_id>")
@@ -77,9 +76,7 @@ def post_batch() -> Response:
     if key is not None:
         with transaction(rt.engine, readonly=True) as conn:
             existing = conn.execute(
-                idempotency_keys.select().where(
-                    idempotency_keys.c.scope == key_scope(), idempotency_keys.c.key == key
-                )
+                idempotency_keys.select().where(idempotency_keys.c.scope == key_scope(), idempotency_keys.c.key == key)
             ).first()
         if existing is not None:
             if existing.request_hash != request_digest(body):

@@ -1,4 +1,5 @@
 """API keys."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -1,4 +1,5 @@
 """API keys: created with scopes, stored hashed, checked on every request."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,7 +34,9 @@ def parse_scopes(text: str) -> frozenset[str]:
     unknown = scopes - set(SCOPES)
     if not scopes or unknown:
         raise ValidationError.one(
-            "scopes", f"must be a comma-separated list of {', '.join(SCOPES)}" + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
+            "scopes",
+            f"must be a comma-separated list of {', '.join(SCOPES)}"
+            + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""),
         )
     return scopes
 

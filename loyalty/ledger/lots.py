@@ -1,4 +1,5 @@
 """Pure lot arithmetic: which lots pay for a debit, first-expiring-first."""
+
 from __future__ import annotations
 
 import datetime as dt

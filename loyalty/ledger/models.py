@@ -3,6 +3,7 @@
 Every member-scoped table carries ``member_id`` and includes it in its primary
 and unique keys, so the schema can be distributed by member unchanged.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -143,9 +144,7 @@ holds = sa.Table(
     sa.ForeignKeyConstraint(["member_id", "hold_entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
     sa.CheckConstraint("points > 0", name="points_positive"),
     sa.CheckConstraint(sa.column("status").in_(HOLD_STATUSES), name="status"),
-    sa.CheckConstraint(
-        "(status = 'pending') = (resolution_entry_id IS NULL)", name="resolved_iff_entry"
-    ),
+    sa.CheckConstraint("(status = 'pending') = (resolution_entry_id IS NULL)", name="resolved_iff_entry"),
 )
 
 #: Accounts that exist in every installation.

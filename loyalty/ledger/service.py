@@ -10,6 +10,7 @@ and nothing else that other members share. Capture and void lock the hold
 row first, then the member row; hold locks the member row, then inserts the
 new hold. Neither waits on the other's first lock, so they cannot deadlock.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -133,7 +134,7 @@ def entry_rows(
         "memo": memo,
         "posted_at": now,
     }
-    rows = [
+    rows: list[dict[str, object]] = [
         {
             "member_id": member_id,
             "entry_id": entry_id,
@@ -168,9 +169,7 @@ def award_lines(awards: Iterable[Award]) -> list[Line]:
 def _open_lots(conn: Connection, member_id: str) -> list[OpenLot]:
     pl = point_lots.c
     rows = conn.execute(
-        sa.select(pl.id, pl.remaining, pl.expires_at, pl.earned_at).where(
-            pl.member_id == member_id, pl.remaining > 0
-        )
+        sa.select(pl.id, pl.remaining, pl.expires_at, pl.earned_at).where(pl.member_id == member_id, pl.remaining > 0)
     )
     return [OpenLot(r.id, int(r.remaining), r.expires_at, r.earned_at) for r in rows]
 
@@ -330,9 +329,7 @@ def claw_back(
     ma = member_accounts.c
     if policy == "available":
         # Lock first, then decide how much to take; the lock makes this safe.
-        row = conn.execute(
-            sa.select(ma.balance).where(ma.member_id == member_id).with_for_update()
-        ).first()
+        row = conn.execute(sa.select(ma.balance).where(ma.member_id == member_id).with_for_update()).first()
         if row is None:
             raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
         points = min(points_due, max(0, int(row.balance)))
@@ -359,9 +356,7 @@ def claw_back(
         related_entry_id=related_entry_id,
     )
     own = conn.execute(
-        sa.select(point_lots.c.id).where(
-            point_lots.c.member_id == member_id, point_lots.c.entry_id == related_entry_id
-        )
+        sa.select(point_lots.c.id).where(point_lots.c.member_id == member_id, point_lots.c.entry_id == related_entry_id)
     ).scalars()
     _consume(conn, member_id, entry_id, take(_open_lots(conn, member_id), points, prefer=own))
     return Posted(entry_id, seq, -points, balance_after)
@@ -393,9 +388,7 @@ def hold(
     """
     if points <= 0:
         raise ValueError("a hold needs positive points")
-    balance_after, seq = _bump_account(
-        conn, member_id, delta=-points, held_delta=points, now=now, require_cover=points
-    )
+    balance_after, seq = _bump_account(conn, member_id, delta=-points, held_delta=points, now=now, require_cover=points)
     entry_id = new_id()
     _write_entry(
         conn,
@@ -427,7 +420,9 @@ def hold(
     return Posted(entry_id, seq, -points, balance_after)
 
 
-def _resolve(conn: Connection, member_id: str, hold_id: str, status: str, now: dt.datetime) -> tuple[str, int, str, str]:
+def _resolve(
+    conn: Connection, member_id: str, hold_id: str, status: str, now: dt.datetime
+) -> tuple[str, int, str, str]:
     h = holds.c
     entry_id = new_id()
     row = conn.execute(

@@ -3,6 +3,7 @@
 Every check is one set-based query that returns the rows breaking it, so a
 clean run is a proof over all the data, not a sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Member tables."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -1,4 +1,5 @@
 """Enrolment and the member's view of their points."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -101,8 +102,15 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
     je = journal_entries.c
     q = sa.select(
-        je.id, je.seq, je.kind, je.points, je.balance_after, je.transaction_id, je.source_ref,
-        je.related_entry_id, je.posted_at,
+        je.id,
+        je.seq,
+        je.kind,
+        je.points,
+        je.balance_after,
+        je.transaction_id,
+        je.source_ref,
+        je.related_entry_id,
+        je.posted_at,
     ).where(je.member_id == member_id)
     if before_seq is not None:
         q = q.where(je.seq < before_seq)
