@@ -21,6 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP) ## migrate the database and serve the API on http://$(HOST):$(PORT)
 	@mkdir -p var
 	$(BIN)/loyalty db upgrade
+	$(BIN)/loyalty rules install-default
 	@echo "demo API key (all scopes): $$($(BIN)/loyalty api-keys demo)"
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --access-logfile - wsgi:app
 

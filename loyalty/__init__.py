@@ -12,32 +12,35 @@ from sqlalchemy.engine import Engine
 
 from loyalty.config import Settings
 from loyalty.db import make_engine, utcnow
-from rules import Programme, default_programme
+from loyalty.programmes.service import ProgrammeStore
+from rules import Programme
 
 
 @dataclass
 class Runtime:
-    """What every entry point needs: settings, the engine, the programme, the clock."""
+    """What every entry point needs: settings, the engine, the programmes, the clock."""
 
     settings: Settings
     engine: Engine
-    programme: Programme
+    programmes: ProgrammeStore
     clock: Callable[[], dt.datetime]
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+    @property
+    def programme(self) -> Programme:
+        """The programme version in force now."""
+        return self.programmes.at(self.now())
 
 
 def make_runtime(
     settings: Settings | None = None, *, clock: Callable[[], dt.datetime] | None = None, **engine_kwargs: Any
 ) -> Runtime:
     settings = settings or Settings.from_env()
-    return Runtime(
-        settings=settings,
-        engine=make_engine(settings.database_url, **engine_kwargs),
-        programme=default_programme(),
-        clock=clock or utcnow,
-    )
+    engine = make_engine(settings.database_url, **engine_kwargs)
+    clock = clock or utcnow
+    return Runtime(settings=settings, engine=engine, programmes=ProgrammeStore(engine, clock), clock=clock)
 
 
 def create_app(runtime: Runtime | None = None) -> Flask:

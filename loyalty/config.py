@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from loyalty.ledger.service import CLAWBACK_POLICIES
@@ -21,6 +22,8 @@ class Settings:
     max_body_bytes: int = 2 * 1024 * 1024
     #: seconds an authenticated API key is trusted before it is looked up again
     api_key_cache_seconds: int = 30
+    #: what one point costs the bank, in fen, for liability figures
+    point_value_fen: Decimal = Decimal("1")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -37,6 +40,8 @@ class Settings:
             values["clawback_policy"] = env["LOYALTY_CLAWBACK_POLICY"]
         if "LOYALTY_MAX_BODY_BYTES" in env:
             values["max_body_bytes"] = int(env["LOYALTY_MAX_BODY_BYTES"])
+        if "LOYALTY_POINT_VALUE_FEN" in env:
+            values["point_value_fen"] = Decimal(env["LOYALTY_POINT_VALUE_FEN"])
         if "LOYALTY_API_KEY_CACHE_SECONDS" in env:
             values["api_key_cache_seconds"] = int(env["LOYALTY_API_KEY_CACHE_SECONDS"])
         values.update(overrides)

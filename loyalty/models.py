@@ -1,6 +1,7 @@
 """Imports every table so ``metadata`` is complete (for Alembic and tests)."""
 
 from loyalty.accrual.models import idempotency_keys, reversals, transactions
+from loyalty.audit import audit_log
 from loyalty.auth.models import api_keys
 from loyalty.db import metadata
 from loyalty.ledger.models import (
@@ -13,6 +14,7 @@ from loyalty.ledger.models import (
     postings,
 )
 from loyalty.members.models import members
+from loyalty.programmes.models import programme_versions
 
 __all__ = [
     "metadata",
@@ -28,4 +30,6 @@ __all__ = [
     "reversals",
     "idempotency_keys",
     "api_keys",
+    "programme_versions",
+    "audit_log",
 ]

@@ -25,8 +25,9 @@ from loyalty.auth.models import SCOPES
 from loyalty.auth.service import create_key
 from loyalty.config import Settings
 from loyalty.db import make_engine, metadata, transaction
+from loyalty.ledger.models import SYSTEM_ACCOUNTS
 from loyalty.migrate import upgrade
-from rules import default_programme
+from loyalty.programmes.service import ProgrammeStore, installed
 from tests.contract import ContractClient
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -79,6 +80,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "loyalty.db"
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
+    installed(engine, START)
     engine.dispose()
     return path
 
@@ -114,6 +116,9 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+        keep = ", ".join(f"'{a['code']}'" for a in SYSTEM_ACCOUNTS)
+        conn.exec_driver_sql(f"DELETE FROM accounts WHERE code NOT IN ({keep})")
+    installed(engine, START)
     engine.dispose()
     yield url
 
@@ -130,9 +135,8 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 def runtime(settings: Settings, clock: Clock) -> Iterator[Runtime]:
-    rt = Runtime(
-        settings=settings, engine=make_engine(settings.database_url), programme=default_programme(), clock=clock
-    )
+    engine = make_engine(settings.database_url)
+    rt = Runtime(settings=settings, engine=engine, programmes=ProgrammeStore(engine, clock), clock=clock)
     yield rt
     rt.engine.dispose()
 

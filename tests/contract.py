@@ -95,3 +95,6 @@ class ContractClient:
 
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.open("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.open("PUT", path, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from rules import Programme, default_document, load_programme
 from tests.conftest import START
 
 
@@ -25,3 +26,21 @@ def enrol(client: Any, member_id: str = "m1", **over: Any) -> Any:
     r = client.post("/v1/members", json={"member_id": member_id, **over})
     assert r.status_code in (200, 201), r.get_json()
     return r.get_json()
+
+
+def base_programme() -> Programme:
+    """The default programme's base earning and welcome bonus alone, with no caps.
+
+    Ledger tests use it so that their arithmetic is about the ledger, not
+    about promotions, multipliers or caps.
+    """
+    doc = default_document()
+    doc["version"] = "ledger-base"
+    doc.pop("caps", None)
+    doc["rules"] = [r for r in doc["rules"] if r["id"] in ("card-spend-base", "welcome-bonus")]
+    for rule in doc["rules"]:
+        rule.pop("caps", None)
+    return load_programme(doc)
+
+
+BASE = base_programme()

@@ -38,7 +38,7 @@ def test_card_spend_earns_one_point_per_yuan_rounded_down(client, engine):
             "points": 123,
             "funding_source": "bank",
             "qualifying": True,
-            "reason": "1 point per 1 CNY of card spend",
+            "reason": "1 point per 1 CNY of card spend (消费1元积1分)",
         }
     ]
     assert body["entry_id"]

@@ -61,3 +61,62 @@ def test_verify_reports_a_clean_ledger(database_url, client):
     result = loyalty(database_url, "verify")
     assert result.returncode == 0, result.stdout
     assert "every invariant holds" in result.stdout
+
+
+def test_rules_install_default_is_idempotent(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert loyalty(url, "db", "upgrade").returncode == 0
+    first = loyalty(url, "rules", "install-default")
+    assert first.returncode == 0 and "installed programme 2026.1" in first.stdout
+    second = loyalty(url, "rules", "install-default")
+    assert second.returncode == 0 and "nothing to do" in second.stdout
+
+
+def test_rules_validate_names_the_bad_field(database_url, tmp_path):
+    import json
+
+    from rules import default_document
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(default_document()))
+    assert loyalty(database_url, "rules", "validate", str(good)).returncode == 0
+    doc = default_document()
+    doc["rules"][0]["conditions"]["all"][0]["var"] = "colour"
+    bad = tmp_path / "bad.yaml"
+    import yaml
+
+    bad.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    result = loyalty(database_url, "rules", "validate", str(bad))
+    assert result.returncode == 1
+    assert "$.rules[0].conditions.all[0].var" in result.stderr
+
+
+def test_rules_backtest_prints_the_report(database_url, client, tmp_path):
+    import json
+
+    from rules import default_document
+
+    client.post("/v1/members", json={"member_id": "m1"})
+    client.post(
+        "/v1/transactions",
+        json={
+            "transaction_id": "t1",
+            "member_id": "m1",
+            "type": "card_purchase",
+            "amount": 10_000,
+            "currency": "CNY",
+            "occurred_at": "2026-06-15T09:00:00Z",
+        },
+    )
+    doc = default_document()
+    doc["version"] = "triple"
+    doc["rules"][0]["action"]["points"] = 3
+    candidate = tmp_path / "candidate.json"
+    candidate.write_text(json.dumps(doc))
+    result = loyalty(
+        database_url, "rules", "backtest", "--candidate", str(candidate), "--from", "2026-06-01", "--to", "2026-07-01"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["points"] == {"actual": 100, "candidate": 300, "delta": 200}
+    assert report["from"] == "2026-05-31T16:00:00Z"  # local midnight in the programme's zone

@@ -26,7 +26,7 @@ from loyalty.ledger import verify
 from loyalty.ledger.models import holds, journal_entries, member_accounts
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
-from rules import default_programme
+from loyalty.programmes.service import ProgrammeStore
 from tests.conftest import Clock, make_key
 from tests.helpers import txn
 
@@ -40,12 +40,8 @@ T = TypeVar("T")
 @pytest.fixture
 def rt(settings: Settings, clock: Clock) -> Iterator[Runtime]:
     """A runtime whose pool has a connection for every worker."""
-    runtime = Runtime(
-        settings=settings,
-        engine=make_engine(settings.database_url, pool_size=WORKERS + 4, max_overflow=0),
-        programme=default_programme(),
-        clock=clock,
-    )
+    engine = make_engine(settings.database_url, pool_size=WORKERS + 4, max_overflow=0)
+    runtime = Runtime(settings=settings, engine=engine, programmes=ProgrammeStore(engine, clock), clock=clock)
     yield runtime
     runtime.engine.dispose()
 

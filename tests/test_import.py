@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_import_posts_rejects_and_replays(members, run_import, engine, tmp_path)
         [
             ["a1", "m1", "card_purchase", 10_000, "CNY", WHEN, "pos", "5411", "超市"],
             ["a2", "m1", "card_purchase", 20_050, "CNY", WHEN, "", "", ""],
-            ["a3", "m2", "transfer", 500_000, "CNY", WHEN, "app", "", ""],
+            ["a3", "m2", "bill_payment", 500_000, "CNY", WHEN, "app", "", ""],
             ["a4", "ghost", "card_purchase", 100, "CNY", WHEN, "", "", ""],
             ["a5", "m3", "card_purchase", -1, "CNY", WHEN, "", "", ""],
             ["a6", "m3", "card_purchase", 100, "USD", WHEN, "", "", ""],
@@ -157,3 +158,57 @@ def test_import_refuses_a_file_without_the_columns(members, runtime, database_ur
     result = CliRunner().invoke(cli.main, ["import-transactions", str(path)], obj=runtime)
     assert result.exit_code == 2
     assert "lacks transaction_id" in result.output
+
+
+def test_import_awards_exactly_what_the_api_would(members, run_import, runtime, engine, tmp_path):
+    """Rules see the same member facts in bulk as one at a time: first-of-type
+    bonuses, monthly counts and daily caps carry across chunks."""
+    import random
+
+    from loyalty.accrual import service as accrual
+    from loyalty.accrual.service import TransactionCommand
+
+    rnd = random.Random(7)
+    kinds = ["card_purchase"] * 6 + ["transfer", "wealth_purchase", "bill_payment"]
+    rows = []
+    for i in range(90):
+        when = START - dt.timedelta(days=2) + dt.timedelta(minutes=30 * i)
+        amount = rnd.choice([1_00, 99_99, 12_345, 500_000, 8_000_000_00])
+        rows.append(
+            [f"x{i:03d}", f"m{rnd.randint(1, 3)}", rnd.choice(kinds), amount, "CNY", when.isoformat(), "", "", ""]
+        )
+    write_csv(tmp_path / "eod.csv", rows)
+    assert "posted 90" in run_import(tmp_path / "eod.csv", "--chunk-size", "7").output
+    with transaction(runtime.engine) as conn:
+        for m in ("m1", "m2", "m3"):
+            enrol(conn, Enrolment(f"twin-{m}"), programme=runtime.programme, now=runtime.now())
+    for r in rows:
+        cmd = TransactionCommand(
+            r[0].replace("x", "y"), f"twin-{r[1]}", r[2], r[3], "CNY", dt.datetime.fromisoformat(r[5])
+        )
+        with transaction(runtime.engine) as conn:
+            accrual.record_transaction(conn, cmd, programme=runtime.programmes.at(cmd.occurred_at), now=runtime.now())
+    with engine.connect() as conn:
+        got = dict(conn.execute(sa.text("SELECT transaction_id, points FROM transactions")).all())
+    imported = [got[r[0]] for r in rows]
+    booked = [got[r[0].replace("x", "y")] for r in rows]
+    assert imported == booked
+    assert sum(imported) > 0 and 300 in imported and 1000 in imported  # the first-of-type bonuses fired
+    assert_verified(engine)
+
+
+def test_import_sees_transactions_booked_through_the_api_meanwhile(members, run_import, client, tmp_path):
+    client.post(
+        "/v1/transactions",
+        json={
+            "transaction_id": "api-1",
+            "member_id": "m1",
+            "type": "transfer",
+            "amount": 100,
+            "currency": "CNY",
+            "occurred_at": WHEN,
+        },
+    )
+    write_csv(tmp_path / "eod.csv", [["a1", "m1", "transfer", 100, "CNY", WHEN, "", "", ""]])
+    run_import(tmp_path / "eod.csv")
+    assert client.get("/v1/transactions/a1").get_json()["points"] == 0  # not the first transfer any more

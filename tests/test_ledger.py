@@ -31,6 +31,7 @@ from loyalty.ledger.models import holds, journal_entries, lot_consumptions, memb
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
 from rules import Award
+from tests.helpers import BASE
 
 REDEEMED = "redeemed:unspecified"
 WELCOME = "account_opened"  # the welcome bonus lot's source
@@ -49,7 +50,7 @@ class Books:
 
     def enrol(self, member_id: str = "m1") -> tuple[bool, dict[str, Any]]:
         with transaction(self.rt.engine) as conn:
-            return members.enrol(conn, Enrolment(member_id), programme=self.rt.programme, now=self.now())
+            return members.enrol(conn, Enrolment(member_id), programme=BASE, now=self.now())
 
     def buy(
         self,
@@ -69,7 +70,7 @@ class Books:
             occurred_at=occurred_at or self.now() - dt.timedelta(hours=1),
         )
         with transaction(self.rt.engine) as conn:
-            return accrual.record_transaction(conn, cmd, programme=self.rt.programme, now=self.now())
+            return accrual.record_transaction(conn, cmd, programme=BASE, now=self.now())
 
     def refund(self, transaction_id: str, reversal_id: str, fen: int, *, policy: str = "negative") -> accrual.Result:
         with transaction(self.rt.engine) as conn:
@@ -205,7 +206,7 @@ def test_card_spend_earns_one_point_per_yuan_into_its_own_lot(books):
 
 def test_transaction_that_earns_nothing_is_recorded_without_an_entry(books):
     books.enrol()
-    result = books.buy("x1", 50_000, type="transfer")
+    result = books.buy("x1", 50_000, type="bill_payment")
     assert result.status == 201
     assert (result.body["points"], result.body["entry_id"], result.body["balance"]) == (0, None, 500)
     assert len(books.entries()) == 1
@@ -761,7 +762,7 @@ def test_statement_numbers_entries_and_chains_balances(books, runtime, clock):
     books.buy("t2", 30_000)
     books.hold("h2", 50)
     books.void("h2")
-    books.buy("x1", 1_000, type="transfer")  # no entry
+    books.buy("x1", 1_000, type="bill_payment")  # no entry
     with transaction(runtime.engine, readonly=True) as conn:
         page = members.statement(conn, "m1", limit=50, before_seq=None)
         older = members.statement(conn, "m1", limit=3, before_seq=6)

@@ -26,6 +26,8 @@ NOT_MEMBER_SCOPED = {
     "accounts": "the chart of accounts: a small reference table replicated to every node",
     "api_keys": "reference table",
     "idempotency_keys": "keys unique across members, distributed by the key itself (docs/scaling.md)",
+    "programme_versions": "reference table: the earning programme's versions",
+    "audit_log": "administrative history, not on any member's path",
 }
 
 

@@ -67,7 +67,7 @@ def build_healthy_ledger(rt: Runtime) -> None:
     refund("t1", "r1", 5_000)
     hold("m1", "h1", 200, "capture")
     hold("m1", "h2", 50, None)
-    buy("m1", "x1", 80_000, type="transfer")
+    buy("m1", "x1", 80_000, type="bill_payment")
     buy("m2", "t2", 30_000)
     hold("m2", "h3", 700, "capture")
     refund("t2", "r2", 30_000)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +24,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty import Runtime
-from loyalty.accrual.models import idempotency_keys, transactions
+from loyalty.accrual.context import aware, local_bounds, member_facts
+from loyalty.accrual.models import TRANSACTION_TYPES, idempotency_keys, transactions
 from loyalty.accrual.service import TransactionCommand, request_hash
-from loyalty.api.schemas import load_transaction
+from loyalty.api.schemas import CLOCK_SKEW, CURRENCIES, MAX_AMOUNT, load_transaction
 from loyalty.db import insert_ignore, is_postgres, transaction
 from loyalty.errors import LoyaltyError
 from loyalty.ledger.models import journal_entries, lot_consumptions, member_accounts, point_lots, postings
 from loyalty.ledger.service import accrual_rows, new_id
-from rules import Award, Programme, evaluate
+from loyalty.members.models import members
+from rules import Award, Programme, Usage, evaluate
 
 COLUMNS = ("transaction_id", "member_id", "type", "amount", "currency", "occurred_at", "channel", "mcc", "merchant")
 OPTIONAL = ("channel", "mcc", "merchant")
@@ -51,10 +54,19 @@ class _Row:
     digest: str
     awards: list[Award] = field(default_factory=list)
     entry_id: str | None = None
+    programme: Programme = field(default=None)  # type: ignore[assignment]
 
 
 def parse_row(raw: dict[str, str], now: dt.datetime) -> TransactionCommand:
-    """Validate one CSV row with the API's own schema."""
+    """Validate one CSV row exactly as the API validates a transaction.
+
+    The common case, a plainly valid row, takes a fast path whose checks are
+    each at least as strict as the API schema's; any row it does not accept
+    goes through the API schema itself, which accepts it or says why not.
+    """
+    cmd = _fast_row(raw, now)
+    if cmd is not None:
+        return cmd
     data: dict[str, Any] = {k: raw.get(k) for k in COLUMNS}
     for key in OPTIONAL:
         if not data[key]:
@@ -62,6 +74,30 @@ def parse_row(raw: dict[str, str], now: dt.datetime) -> TransactionCommand:
     amount = data["amount"] or ""
     data["amount"] = int(amount) if amount.lstrip("-").isdigit() else amount
     return load_transaction(data, now)
+
+
+_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})")
+_TYPES = frozenset(TRANSACTION_TYPES)
+
+
+def _fast_row(raw: dict[str, str], now: dt.datetime) -> TransactionCommand | None:
+    tid, member, kind, amount, currency, when = (raw.get(c) or "" for c in COLUMNS[:6])
+    channel, mcc, merchant = (raw.get(c) or None for c in OPTIONAL)
+    if not (_ID.fullmatch(tid) and _ID.fullmatch(member) and kind in _TYPES and currency in CURRENCIES):
+        return None
+    if not (amount.isdigit() and 1 <= int(amount) <= MAX_AMOUNT and _TIMESTAMP.fullmatch(when)):
+        return None
+    if (
+        (channel and len(channel) > 32)
+        or (mcc and not (len(mcc) == 4 and mcc.isdigit()))
+        or (merchant and len(merchant) > 128)
+    ):
+        return None
+    occurred_at = dt.datetime.fromisoformat(when).astimezone(dt.UTC)
+    if occurred_at > now + CLOCK_SKEW:
+        return None
+    return TransactionCommand(tid, member, kind, int(amount), currency, occurred_at, channel, mcc, merchant)
 
 
 def import_file(
@@ -79,8 +115,9 @@ def import_file(
         rejects.writerow(["line", *COLUMNS, "reason"])
         bar = click.progressbar(length=total, label="importing", file=None if progress else io.StringIO())
         with bar:
+            states: dict[str, _MemberState] = {}
             for chunk in _chunks(reader, chunk_size):
-                _import_chunk(rt, chunk, summary, rejects)
+                _import_chunk(rt, chunk, summary, rejects, states)
                 bar.update(len(chunk))
     if summary.rejected == 0:
         rejects_path.unlink()
@@ -103,7 +140,54 @@ def _reject(rejects: Any, summary: Summary, line: int, raw: dict[str, str], reas
     rejects.writerow([line, *(raw.get(c, "") for c in COLUMNS), reason])
 
 
-def _import_chunk(rt: Runtime, chunk: list[tuple[int, dict[str, str]]], summary: Summary, rejects: Any) -> None:
+class _MemberState:
+    """What rules need to know of one member, kept for the whole run.
+
+    Loaded from the database the first time the member appears, then kept
+    up to date in memory as the run books their transactions. It is reloaded
+    whenever the member's account shows a write the run did not make (the
+    entry counter or last activity moved), so concurrent API traffic is seen.
+    """
+
+    def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime, since: dt.datetime) -> None:
+        self.birth = birth
+        self.enrolled_at = enrolled_at
+        self.since = since  # history before this is not loaded
+        self.version: tuple[int, Any] = (-1, None)
+        self.types: set[str] = set()
+        self.months: Counter[dt.datetime] = Counter()  # local month start -> transactions
+        self.last: dt.datetime | None = None
+        self.day_usage: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.month_usage: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def facts(self, cmd: TransactionCommand, programme: Programme) -> tuple[dict[str, Any], Usage]:
+        day0, _, month0, _ = local_bounds(cmd.occurred_at, programme.zone)
+        facts = {**cmd.facts(), **member_facts(self.birth, self.enrolled_at, cmd.occurred_at, programme.zone)}
+        facts.update(
+            transactions_this_month=self.months[month0] + 1,
+            first_of_type=cmd.type not in self.types,
+            days_since_last_transaction=None if self.last is None else max(0, (cmd.occurred_at - self.last).days),
+        )
+        return facts, Usage(day=self.day_usage[day0], month=self.month_usage[month0])
+
+    def book(self, cmd: TransactionCommand, programme: Programme, awards: list[Award]) -> None:
+        day0, _, month0, _ = local_bounds(cmd.occurred_at, programme.zone)
+        self.months[month0] += 1
+        self.types.add(cmd.type)
+        if self.last is None or cmd.occurred_at > self.last:
+            self.last = cmd.occurred_at
+        for a in awards:
+            self.day_usage[day0][a.rule_id] += a.points
+            self.month_usage[month0][a.rule_id] += a.points
+
+
+def _import_chunk(
+    rt: Runtime,
+    chunk: list[tuple[int, dict[str, str]]],
+    summary: Summary,
+    rejects: Any,
+    states: dict[str, _MemberState],
+) -> None:
     now = rt.now()
     rows: dict[str, _Row] = {}
     for line, raw in chunk:
@@ -124,14 +208,19 @@ def _import_chunk(rt: Runtime, chunk: list[tuple[int, dict[str, str]]], summary:
     if not rows:
         return
     with transaction(rt.engine) as conn:
-        known = _lock_members(conn, {r.cmd.member_id for r in rows.values()})
+        accounts = _lock_members(conn, {r.cmd.member_id for r in rows.values()})
         for key, row in list(rows.items()):
-            if row.cmd.member_id not in known:
+            if row.cmd.member_id not in accounts:
                 _reject(rejects, summary, row.line, row.raw, f"member {row.cmd.member_id!r} is not enrolled")
                 del rows[key]
+            else:
+                try:
+                    row.programme = rt.programmes.at(row.cmd.occurred_at)
+                except LoyaltyError as exc:
+                    _reject(rejects, summary, row.line, row.raw, exc.detail)
+                    del rows[key]
         for row in rows.values():
-            row.awards = sorted(evaluate(rt.programme, "transaction", row.cmd.facts()), key=lambda a: a.rule_id)
-            row.entry_id = new_id() if row.awards else None
+            row.entry_id = new_id()
         claimed = _claim(conn, list(rows.values()), now)
         taken = [k for k in rows if k not in claimed]
         existing = _existing_hashes(conn, taken)
@@ -141,49 +230,117 @@ def _import_chunk(rt: Runtime, chunk: list[tuple[int, dict[str, str]]], summary:
                 summary.replayed += 1
             else:
                 _reject(rejects, summary, row.line, row.raw, "transaction_id already booked with different fields")
-        if rows:
-            _book(conn, list(rows.values()), rt.programme, now)
-            summary.posted += len(rows)
+        if not rows:
+            return
+        _refresh_states(conn, states, accounts, rows.values())
+        for row in rows.values():
+            state = states[row.cmd.member_id]
+            facts, used = state.facts(row.cmd, row.programme)
+            row.awards = evaluate(row.programme, "transaction", facts, used)
+            state.book(row.cmd, row.programme, row.awards)
+        nothing = [r.cmd.transaction_id for r in rows.values() if not r.awards]
+        for i in range(0, len(nothing), 1000):
+            ik = idempotency_keys.c
+            conn.execute(
+                sa.update(idempotency_keys)
+                .where(ik.scope == "transaction", ik.key.in_(nothing[i : i + 1000]))
+                .values(entry_id=None)
+            )
+        for r in rows.values():
+            if not r.awards:
+                r.entry_id = None
+        versions = _book(conn, list(rows.values()), now)
+        for member_id, version in versions.items():
+            states[member_id].version = version
+        summary.posted += len(rows)
 
 
-def _lock_members(conn: Connection, member_ids: set[str]) -> set[str]:
+def _lock_members(conn: Connection, member_ids: set[str]) -> dict[str, sa.Row[Any]]:
     """Lock the chunk's members' accounts in a fixed order, so concurrent
     imports and API requests cannot deadlock; returns the ones that exist."""
-    ma = member_accounts.c
-    found: set[str] = set()
+    ma, m = member_accounts.c, members.c
+    found: dict[str, sa.Row[Any]] = {}
     ids = sorted(member_ids)
     for i in range(0, len(ids), 1000):
-        q = sa.select(ma.member_id).where(ma.member_id.in_(ids[i : i + 1000])).order_by(ma.member_id)
+        q = (
+            sa.select(ma.member_id, ma.entry_seq, ma.last_activity_at, m.birth_date, m.enrolled_at)
+            .join(members, m.member_id == ma.member_id)
+            .where(ma.member_id.in_(ids[i : i + 1000]))
+            .order_by(ma.member_id)
+        )
         if is_postgres(conn):
-            q = q.with_for_update()
-        found.update(conn.execute(q).scalars())
+            q = q.with_for_update(of=member_accounts)
+        found.update((r.member_id, r) for r in conn.execute(q))
     return found
+
+
+def _refresh_states(
+    conn: Connection, states: dict[str, _MemberState], accounts: dict[str, sa.Row[Any]], rows: Any
+) -> None:
+    """(Re)load the state of members that are new to the run, were written by
+    someone else since, or have rows older than their loaded history."""
+    earliest: dict[str, dt.datetime] = {}
+    for r in rows:
+        month0 = local_bounds(r.cmd.occurred_at, r.programme.zone)[2]
+        m = r.cmd.member_id
+        earliest[m] = min(earliest.get(m, month0), month0)
+    stale = []
+    for m, since in earliest.items():
+        acc = accounts[m]
+        state = states.get(m)
+        if state is None or state.version != (acc.entry_seq, acc.last_activity_at) or since < state.since:
+            states[m] = _MemberState(acc.birth_date, acc.enrolled_at, since)
+            states[m].version = (acc.entry_seq, acc.last_activity_at)
+            stale.append(m)
+    if not stale:
+        return
+    t, pl = transactions.c, point_lots.c
+    zone_of = {r.cmd.member_id: r.programme.zone for r in rows}
+    for i in range(0, len(stale), 1000):
+        part = stale[i : i + 1000]
+        since = min(states[m].since for m in part)
+        for member_id, txn_type, last in conn.execute(
+            sa.select(t.member_id, t.type, sa.func.max(t.occurred_at))
+            .where(t.member_id.in_(part))
+            .group_by(t.member_id, t.type)
+        ):
+            state = states[member_id]
+            state.types.add(txn_type)
+            last = aware(last)
+            if state.last is None or last > state.last:
+                state.last = last
+        for member_id, occurred_at in conn.execute(
+            sa.select(t.member_id, t.occurred_at).where(t.member_id.in_(part), t.occurred_at >= since)
+        ):
+            state = states[member_id]
+            state.months[local_bounds(occurred_at, zone_of[member_id])[2]] += 1
+        for member_id, rule_id, earned_at, original in conn.execute(
+            sa.select(pl.member_id, pl.rule_id, pl.earned_at, pl.original).where(
+                pl.member_id.in_(part), pl.earned_at >= since
+            )
+        ):
+            state = states[member_id]
+            day0, _, month0, _ = local_bounds(earned_at, zone_of[member_id])
+            state.day_usage[day0][rule_id] += int(original)
+            state.month_usage[month0][rule_id] += int(original)
 
 
 def _claim(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> set[str]:
     """Claim each row's transaction id; returns the ids this chunk claimed."""
-    claimed: set[str] = set()
-    for i in range(0, len(rows), 1000):
-        part = rows[i : i + 1000]
-        result = conn.execute(
-            insert_ignore(conn, idempotency_keys)
-            .values(
-                [
-                    {
-                        "scope": "transaction",
-                        "key": r.cmd.transaction_id,
-                        "request_hash": r.digest,
-                        "member_id": r.cmd.member_id,
-                        "entry_id": r.entry_id,
-                        "created_at": now,
-                    }
-                    for r in part
-                ]
-            )
-            .returning(idempotency_keys.c.key)
-        )
-        claimed.update(result.scalars())
-    return claimed
+    stmt = insert_ignore(conn, idempotency_keys).returning(idempotency_keys.c.key)
+    params = [
+        {
+            "scope": "transaction",
+            "key": r.cmd.transaction_id,
+            "request_hash": r.digest,
+            "member_id": r.cmd.member_id,
+            "entry_id": r.entry_id,
+            "created_at": now,
+        }
+        for r in rows
+    ]
+    # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs.
+    return set(conn.execute(stmt, params).scalars())
 
 
 def _existing_hashes(conn: Connection, keys: list[str]) -> dict[str, str]:
@@ -195,32 +352,18 @@ def _existing_hashes(conn: Connection, keys: list[str]) -> dict[str, str]:
     return found
 
 
-def _book(conn: Connection, rows: Sequence[_Row], programme: Programme, now: dt.datetime) -> None:
-    """Post every row: one balance update per member, then bulk inserts."""
+def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str, tuple[int, Any]]:
+    """Post every row: one balance update per member, then bulk inserts.
+
+    Returns each member's account version (entry counter, last activity) after."""
     per_member: dict[str, list[_Row]] = defaultdict(list)
     for r in rows:
         per_member[r.cmd.member_id].append(r)
-    ma = member_accounts.c
     deltas = {
         m: {"m": m, "delta": sum(a.points for r in rs for a in r.awards), "n": sum(1 for r in rs if r.awards)}
         for m, rs in per_member.items()
     }
-    conn.execute(
-        sa.update(member_accounts)
-        .where(ma.member_id == sa.bindparam("m"))
-        .values(
-            balance=ma.balance + sa.bindparam("delta"),
-            entry_seq=ma.entry_seq + sa.bindparam("n"),
-            last_activity_at=now,
-        ),
-        list(deltas.values()),
-    )
-    state = {
-        r.member_id: (int(r.balance), int(r.entry_seq))
-        for r in conn.execute(
-            sa.select(ma.member_id, ma.balance, ma.entry_seq).where(ma.member_id.in_(list(per_member)))
-        )
-    }
+    state = _move_balances(conn, list(deltas.values()), now)
     txn_rows, entries, posting_rows, lots, consumptions = [], [], [], [], []
     for m, rs in per_member.items():
         final_balance, final_seq = state[m]
@@ -240,10 +383,10 @@ def _book(conn: Connection, rows: Sequence[_Row], programme: Programme, now: dt.
                     kind="accrual",
                     source_ref=r.cmd.transaction_id,
                     earned_at=r.cmd.occurred_at,
-                    expiry_months=programme.expiry_months,
+                    expiry_months=r.programme.expiry_months,
                     now=now,
                     transaction_id=r.cmd.transaction_id,
-                    programme_version=programme.version,
+                    programme_version=r.programme.version,
                 )
                 entries.append(built.entry)
                 posting_rows.extend(built.postings)
@@ -257,7 +400,7 @@ def _book(conn: Connection, rows: Sequence[_Row], programme: Programme, now: dt.
                     "reversed_points": 0,
                     "entry_id": r.entry_id,
                     "balance_after": balance,
-                    "programme_version": programme.version,
+                    "programme_version": r.programme.version,
                     "received_at": now,
                 }
             )
@@ -269,6 +412,43 @@ def _book(conn: Connection, rows: Sequence[_Row], programme: Programme, now: dt.
         (lot_consumptions, consumptions),
     ):
         bulk_insert(conn, table, data)
+    return {m: (seq, now) for m, (_balance, seq) in state.items()}
+
+
+def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime) -> dict[str, tuple[int, int]]:
+    """Add each member's points and entry count in one statement; returns
+    ``member -> (balance, entry_seq)`` after. The rows are locked already."""
+    ma = member_accounts.c
+    if is_postgres(conn):
+        from psycopg2.extras import execute_values
+
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            rows = execute_values(
+                cursor,
+                "UPDATE member_accounts AS a SET balance = a.balance + v.delta, entry_seq = a.entry_seq + v.n, "
+                "last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, at) "
+                "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.entry_seq",
+                [(d["m"], d["delta"], d["n"], now) for d in deltas],
+                template="(%s, %s::bigint, %s::integer, %s::timestamptz)",
+                page_size=len(deltas),
+                fetch=True,
+            )
+        finally:
+            cursor.close()
+        return {m: (int(balance), int(seq)) for m, balance, seq in rows}
+    conn.execute(
+        sa.update(member_accounts)
+        .where(ma.member_id == sa.bindparam("m"))
+        .values(
+            balance=ma.balance + sa.bindparam("delta"), entry_seq=ma.entry_seq + sa.bindparam("n"), last_activity_at=now
+        ),
+        deltas,
+    )
+    found = conn.execute(
+        sa.select(ma.member_id, ma.balance, ma.entry_seq).where(ma.member_id.in_([d["m"] for d in deltas]))
+    )
+    return {r.member_id: (int(r.balance), int(r.entry_seq)) for r in found}
 
 
 def bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -294,11 +474,14 @@ def bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -
 def _copy_value(value: Any) -> str:
     if value is None:
         return "\\N"
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if kind is bool:
         return "t" if value else "f"
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
+    if kind is dt.datetime:
+        return value.isoformat()  # type: ignore[no-any-return]
     text = str(value)
-    if any(ch in text for ch in "\\\t\n\r"):
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
         text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return text

@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loyalty.accrual import context
 from loyalty.accrual.models import idempotency_keys, reversals, transactions
 from loyalty.db import insert_ignore
 from loyalty.errors import IdempotencyConflict, NotFound, UnknownMember, ValidationError
@@ -39,7 +40,11 @@ class TransactionCommand:
     merchant: str | None = None
 
     def facts(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: that deep-copies every value, and this is on the hot path.
+        return {name: getattr(self, name) for name in TRANSACTION_FIELDS}
+
+
+TRANSACTION_FIELDS = tuple(f.name for f in fields(TransactionCommand))
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,20 @@ def _key_field(scope: str) -> str:
 
 
 def record_transaction(conn: Connection, cmd: TransactionCommand, *, programme: Programme, now: dt.datetime) -> Result:
-    """Book one bank transaction: evaluate the programme, post the awards.
+    """Book one bank transaction under ``programme`` (the version in force when
+    it occurred): gather the member's facts, evaluate, post the awards.
 
     A transaction that earns nothing is still recorded (for refunds, tiers and
     backtests) and counts as activity.
     """
     facts = cmd.facts()
-    awards = sorted(evaluate(programme, "transaction", facts), key=lambda a: a.rule_id)
+    member = context.lock_and_read(conn, cmd.member_id, txn_type=cmd.type, moment=cmd.occurred_at, programme=programme)
+    used = (
+        context.usage(conn, cmd.member_id, moment=cmd.occurred_at, programme=programme)
+        if (programme.compiled.needs_usage)
+        else None
+    )
+    awards = evaluate(programme, "transaction", {**facts, **member}, used)
     entry_id = ledger.new_id() if awards else None
     existing = claim_key(
         conn,

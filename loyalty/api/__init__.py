@@ -90,6 +90,16 @@ def requires(scope: str) -> Callable[[Callable[..., Response]], Callable[..., Re
     return decorate
 
 
+def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within ``[low, high]``; a bad one is a 422 naming it."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValidationError.one(name, f"must be an integer from {low} to {high}")
+    return int(raw)
+
+
 def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -147,7 +157,7 @@ def result_response(result: Result) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    from loyalty.api import members, transactions  # noqa: F401  (registers the views)
+    from loyalty.api import members, programmes, transactions  # noqa: F401  (registers the views)
 
     rt: Runtime = app.extensions["loyalty"]
     app.extensions["loyalty_keys"] = KeyCache(rt.engine, rt.settings.api_key_cache_seconds)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Response, request
+from flask import Response
 from sqlalchemy.engine import Connection
 
 from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, json_body, json_response, requires, runtime
+from loyalty.api import bp, execute, int_arg, json_body, json_response, requires, runtime
 from loyalty.api.schemas import ENROLMENT_SCHEMA, check_not_future, load
 from loyalty.db import transaction
-from loyalty.errors import ValidationError
 from loyalty.members import service
 from loyalty.members.service import Enrolment
 
@@ -41,20 +40,11 @@ def get_member(member_id: str) -> Response:
         return json_response(service.member_view(conn, member_id, now=rt.now()))
 
 
-def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ValidationError.one(name, f"must be an integer from {low} to {high}")
-    return int(raw)
-
-
 @bp.get("/members/<member_id>/entries")
 @requires("read")
 def get_statement(member_id: str) -> Response:
-    limit = _int_arg("limit", 50, 1, MAX_PAGE)
-    cursor = _int_arg("cursor", None, 1, 2**31 - 1)
+    limit = int_arg("limit", 50, 1, MAX_PAGE)
+    cursor = int_arg("cursor", None, 1, 2**31 - 1)
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
         return json_response(service.statement(conn, member_id, limit=limit or 50, before_seq=cursor))

@@ -76,6 +76,28 @@ class TransactionSchema(Base):
         return TransactionCommand(**data)
 
 
+class SimulatedTransactionSchema(Base):
+    """A transaction to simulate: the fields rules can test, none of the bookkeeping."""
+
+    type = StrictString(required=True, validate=validate.OneOf(TRANSACTION_TYPES))
+    amount = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_AMOUNT))
+    currency = StrictString(load_default="CNY", validate=validate.OneOf(CURRENCIES))
+    occurred_at = fields.AwareDateTime(load_default=None)
+    channel = StrictString(load_default=None, allow_none=True, validate=validate.Length(min=1, max=32))
+    mcc = StrictString(
+        load_default=None, allow_none=True, validate=validate.Regexp(r"^\d{4}$", error="must be four digits")
+    )
+    merchant = StrictString(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+
+    @post_load
+    def utc(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if data["occurred_at"] is None:
+            del data["occurred_at"]
+        else:
+            data["occurred_at"] = data["occurred_at"].astimezone(dt.UTC)
+        return data
+
+
 class ReversalSchema(Base):
     reversal_id = StrictString(required=True, validate=ID)
     amount = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_AMOUNT))
@@ -120,6 +142,7 @@ def load_transaction(data: Any, now: dt.datetime) -> TransactionCommand:
 
 
 TRANSACTION_SCHEMA = TransactionSchema()
+SIMULATED_TRANSACTION_SCHEMA = SimulatedTransactionSchema()
 ENROLMENT_SCHEMA = EnrolmentSchema()
 REVERSAL_SCHEMA = ReversalSchema()
 BATCH_SCHEMA = BatchSchema()

@@ -36,7 +36,10 @@ def post_transaction() -> Response:
     body = json_body()
     rt = runtime()
     cmd = load_transaction(body, rt.now())
-    return execute(lambda conn, now: service.record_transaction(conn, cmd, programme=rt.programme, now=now), body)
+    return execute(
+        lambda conn, now: service.record_transaction(conn, cmd, programme=rt.programmes.at(cmd.occurred_at), now=now),
+        body,
+    )
 
 
 @bp.get("/transactions/<transaction_id>")
@@ -89,7 +92,8 @@ def post_batch() -> Response:
         try:
             cmd = load_transaction(item, rt.now())
             with transaction(rt.engine) as conn:
-                result = service.record_transaction(conn, cmd, programme=rt.programme, now=rt.now())
+                programme = rt.programmes.at(cmd.occurred_at)
+                result = service.record_transaction(conn, cmd, programme=programme, now=rt.now())
             results.append({"index": index, "status": result.status, "result": result.body})
         except LoyaltyError as err:
             problem = err.problem()

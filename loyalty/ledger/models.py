@@ -110,6 +110,8 @@ point_lots = sa.Table(
         sqlite_where=sa.text("remaining > 0"),
         postgresql_where=sa.text("remaining > 0"),
     ),
+    #: for caps: what a member earned from each rule in a day or month
+    sa.Index("ix_point_lots_member_id_earned_at", "member_id", "earned_at"),
 )
 
 #: Which entry took how many points from which lot, so it can be undone.

@@ -1,0 +1,135 @@
+"""The member's side of a rule evaluation: who they are and what they have done.
+
+Read under the member's row lock, so that two transactions of one member
+racing each other still see each other's counts and cap usage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loyalty.accrual.models import transactions
+from loyalty.errors import UnknownMember
+from loyalty.ledger.models import member_accounts, point_lots
+from loyalty.members.models import members
+from rules import Programme, Usage
+
+#: Until tiers are computed, every member is in the floor tier.
+DEFAULT_TIER = "basic"
+
+
+def local_bounds(moment: dt.datetime, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime, dt.datetime, dt.datetime]:
+    """UTC bounds of the local day and local month that contain ``moment``."""
+    local = moment.astimezone(zone)
+    day = dt.datetime(local.year, local.month, local.day, tzinfo=zone)
+    month = dt.datetime(local.year, local.month, 1, tzinfo=zone)
+    next_month = dt.datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=zone)
+    return (
+        day.astimezone(dt.UTC),
+        (day + dt.timedelta(days=1)).astimezone(dt.UTC),
+        month.astimezone(dt.UTC),
+        next_month.astimezone(dt.UTC),
+    )
+
+
+def age_on(birth: dt.date | None, day: dt.date) -> int | None:
+    if birth is None:
+        return None
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def member_facts(
+    birth: dt.date | None, enrolled_at: dt.datetime, moment: dt.datetime, zone: dt.tzinfo
+) -> dict[str, Any]:
+    """Facts about the member that do not depend on their transactions."""
+    local_day = moment.astimezone(zone).date()
+    return {
+        "tier": DEFAULT_TIER,
+        "age": age_on(birth, local_day),
+        "birthday_month": birth is not None and birth.month == local_day.month,
+        "enrolled_days": max(0, (local_day - enrolled_at.astimezone(zone).date()).days),
+        "products_held": [],
+    }
+
+
+def lock_and_read(
+    conn: Connection,
+    member_id: str,
+    *,
+    txn_type: str,
+    moment: dt.datetime,
+    programme: Programme,
+    lock: bool = True,
+) -> dict[str, Any]:
+    """Lock the member's account (unless ``lock`` is false) and gather the facts
+    rules may test about a transaction of ``txn_type`` at ``moment``.
+    Raises :class:`UnknownMember`."""
+    _day0, _day1, month0, month1 = local_bounds(moment, programme.zone)
+    t = transactions.c
+    mine = t.member_id == member_id
+    month_count = (
+        sa.select(sa.func.count()).where(mine, t.occurred_at >= month0, t.occurred_at < month1).scalar_subquery()
+    )
+    type_count = sa.select(sa.func.count()).where(mine, t.type == txn_type).scalar_subquery()
+    last_at = sa.select(sa.func.max(t.occurred_at)).where(mine, t.occurred_at <= moment).scalar_subquery()
+    ma, m = member_accounts.c, members.c
+    query = (
+        sa.select(
+            m.birth_date,
+            m.enrolled_at,
+            month_count.label("month_count"),
+            type_count.label("type_count"),
+            last_at.label("last_at"),
+        )
+        .select_from(member_accounts.join(members, m.member_id == ma.member_id))
+        .where(ma.member_id == member_id)
+    )
+    if lock:
+        query = query.with_for_update(of=member_accounts)
+    row = conn.execute(query).first()
+    if row is None:
+        raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
+    facts = member_facts(row.birth_date, aware(row.enrolled_at), moment, programme.zone)
+    last = aware(row.last_at)
+    facts.update(
+        transactions_this_month=int(row.month_count) + 1,
+        first_of_type=int(row.type_count) == 0,
+        days_since_last_transaction=None if last is None else max(0, (moment - last).days),
+    )
+    return facts
+
+
+def aware(value: Any) -> Any:
+    """An aware UTC datetime from what a driver returned."""
+    # Scalar subqueries bypass the column type, so SQLite hands back text or naive values.
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def usage(conn: Connection, member_id: str, *, moment: dt.datetime, programme: Programme) -> Usage:
+    """Points the member earned per rule in the local day and month of ``moment`` (for caps)."""
+    day0, day1, month0, month1 = local_bounds(moment, programme.zone)
+    pl = point_lots.c
+    in_day = sa.and_(pl.earned_at >= day0, pl.earned_at < day1)
+    rows = conn.execute(
+        sa.select(
+            pl.rule_id,
+            sa.func.sum(pl.original).label("month"),
+            sa.func.sum(sa.case((in_day, pl.original), else_=0)).label("day"),
+        )
+        .where(pl.member_id == member_id, pl.earned_at >= month0, pl.earned_at < month1)
+        .group_by(pl.rule_id)
+    )
+    day, month = {}, {}
+    for r in rows:
+        month[r.rule_id] = int(r.month)
+        if r.day:
+            day[r.rule_id] = int(r.day)
+    return Usage(day=day, month=month)

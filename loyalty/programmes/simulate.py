@@ -1,0 +1,76 @@
+"""What an event would earn, explained, without writing anything."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from loyalty import Runtime
+from loyalty.accrual import context as member_context
+from loyalty.api.schemas import SIMULATED_TRANSACTION_SCHEMA, load
+from loyalty.errors import ValidationError
+from loyalty.programmes import service
+from rules import Step, Usage, evaluate
+from rules.catalogue import VARIABLES
+
+
+def simulate(
+    conn: Connection,
+    rt: Runtime,
+    *,
+    member_id: str | None,
+    version: str | None,
+    event: str,
+    transaction: dict[str, Any] | None,
+    context: dict[str, Any] | None,
+) -> dict[str, Any]:
+    now = rt.now()
+    facts: dict[str, Any] = {"occurred_at": now}
+    if event == "transaction":
+        if transaction is None:
+            raise ValidationError.one("transaction", "is required for a transaction event")
+        try:
+            facts.update(load(SIMULATED_TRANSACTION_SCHEMA, transaction))
+        except ValidationError as exc:
+            raise ValidationError({f"transaction.{k}": v for k, v in exc.errors.items()}) from None
+    moment = facts["occurred_at"]
+    programme = service.draft(conn, version) if version else rt.programmes.at(moment)
+    used = Usage()
+    if member_id is not None:
+        facts.update(
+            member_context.lock_and_read(
+                conn, member_id, txn_type=facts.get("type", ""), moment=moment, programme=programme, lock=False
+            )
+        )
+        used = member_context.usage(conn, member_id, moment=moment, programme=programme)
+    else:
+        facts.update(member_context.member_facts(None, moment, moment, programme.zone))
+        facts.update(transactions_this_month=1, first_of_type=True, days_since_last_transaction=None)
+    for name, value in (context or {}).items():
+        if name not in VARIABLES or VARIABLES[name].source != "member":
+            raise ValidationError.one(f"context.{name}", "is not a member variable of the rule catalogue")
+        facts[name] = value
+    trace: list[Step] = []
+    awards = evaluate(programme, event, facts, used, trace)
+    shown = programme.compiled.facts(facts)
+    return {
+        "programme_version": programme.version,
+        "event": event,
+        "facts": {
+            k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, dt.datetime) else v) for k, v in shown.items()
+        },
+        "points": sum(a.points for a in awards),
+        "awards": [
+            {
+                "rule_id": a.rule_id,
+                "points": a.points,
+                "funding_source": a.funding_source,
+                "qualifying": a.qualifying,
+                "reason": a.reason,
+            }
+            for a in awards
+        ],
+        "trace": [{"rule_id": s.rule_id, "matched": s.matched, "points": s.points, "note": s.note} for s in trace],
+    }
