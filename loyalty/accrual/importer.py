@@ -327,7 +327,6 @@ def _refresh_states(
 
 def _claim(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> set[str]:
     """Claim each row's transaction id; returns the ids this chunk claimed."""
-    stmt = insert_ignore(conn, idempotency_keys).returning(idempotency_keys.c.key)
     params = [
         {
             "scope": "transaction",
@@ -339,7 +338,25 @@ def _claim(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> set[str]
         }
         for r in rows
     ]
+    if is_postgres(conn):
+        from psycopg2.extras import execute_values
+
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            claimed = execute_values(
+                cursor,
+                "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
+                "VALUES %s ON CONFLICT DO NOTHING RETURNING key",
+                [tuple(p.values()) for p in params],
+                template="(%s, %s, %s, %s, %s::uuid, %s::timestamptz)",
+                page_size=len(params),
+                fetch=True,
+            )
+        finally:
+            cursor.close()
+        return {key for (key,) in claimed}
     # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs.
+    stmt = insert_ignore(conn, idempotency_keys).returning(idempotency_keys.c.key)
     return set(conn.execute(stmt, params).scalars())
 
 

@@ -19,7 +19,6 @@ from sqlalchemy.engine import Connection
 
 from loyalty.accrual import context
 from loyalty.accrual.models import idempotency_keys, reversals, transactions
-from loyalty.db import insert_ignore
 from loyalty.errors import IdempotencyConflict, NotFound, UnknownMember, ValidationError
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import member_accounts, point_lots
@@ -75,6 +74,19 @@ def request_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` as text: the same SQL on
+#: PostgreSQL and SQLite, and, unlike SQLAlchemy's dialect ``Insert`` with a
+#: conflict clause, cached once compiled; it runs on every booking.
+CLAIM = sa.text(
+    "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
+    "VALUES (:scope, :key, :request_hash, :member_id, :entry_id, :created_at) "
+    "ON CONFLICT DO NOTHING RETURNING key"
+).bindparams(
+    sa.bindparam("entry_id", type_=idempotency_keys.c.entry_id.type),
+    sa.bindparam("created_at", type_=idempotency_keys.c.created_at.type),
+)
+
+
 def claim_key(
     conn: Connection,
     scope: str,
@@ -88,11 +100,15 @@ def claim_key(
     """Claim ``(scope, key)``. Returns ``None`` if this call claimed it, else the
     existing record; raises :class:`IdempotencyConflict` if that record was made
     for a different request."""
-    claimed = conn.execute(
-        insert_ignore(conn, idempotency_keys)
-        .values(scope=scope, key=key, request_hash=digest, member_id=member_id, entry_id=entry_id, created_at=now)
-        .returning(idempotency_keys.c.key)
-    ).first()
+    params = {
+        "scope": scope,
+        "key": key,
+        "request_hash": digest,
+        "member_id": member_id,
+        "entry_id": entry_id,
+        "created_at": now,
+    }
+    claimed = conn.execute(CLAIM, params).first()
     if claimed is not None:
         return None
     ik = idempotency_keys.c
