@@ -58,7 +58,7 @@ def load(engine: sa.Engine, rows: int, members: int) -> None:
                           (ARRAY['card_purchase','card_purchase','card_purchase','card_purchase','card_purchase',
                                  'card_purchase','transfer','bill_payment','wealth_purchase','loan_repayment'])
                               [1 + (g * 7) % 10],
-                          100 + (g * 7919) % 500000, 'CNY',
+                          100 + (g::bigint * 7919) % 500000, 'CNY',
                           :start + (g * interval '31 seconds'),
                           0, md5(g::text)::uuid, 0, '2026.1', :start
                      FROM generate_series(1, :rows) g"""
