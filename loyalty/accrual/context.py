@@ -56,6 +56,38 @@ def member_facts(
     }
 
 
+def _member_query() -> sa.Select[Any]:
+    """The member's profile and transaction counts, by bound parameters.
+
+    Built once: a statement object reused across requests keeps its cache key,
+    so SQLAlchemy neither rebuilds nor recompiles it on the booking path."""
+    t, ma, m = transactions.c, member_accounts.c, members.c
+    mine = t.member_id == sa.bindparam("member_id")
+    when = sa.bindparam("moment", type_=t.occurred_at.type)
+    month_count = sa.select(sa.func.count()).where(
+        mine,
+        t.occurred_at >= sa.bindparam("month0", type_=t.occurred_at.type),
+        t.occurred_at < sa.bindparam("month1", type_=t.occurred_at.type),
+    )
+    type_count = sa.select(sa.func.count()).where(mine, t.type == sa.bindparam("txn_type"))
+    last_at = sa.select(sa.func.max(t.occurred_at)).where(mine, t.occurred_at <= when)
+    return (
+        sa.select(
+            m.birth_date,
+            m.enrolled_at,
+            month_count.scalar_subquery().label("month_count"),
+            type_count.scalar_subquery().label("type_count"),
+            last_at.scalar_subquery().label("last_at"),
+        )
+        .select_from(member_accounts.join(members, m.member_id == ma.member_id))
+        .where(ma.member_id == sa.bindparam("member_id"))
+    )
+
+
+MEMBER_FACTS = _member_query()
+MEMBER_FACTS_LOCKED = MEMBER_FACTS.with_for_update(of=member_accounts)
+
+
 def lock_and_read(
     conn: Connection,
     member_id: str,
@@ -69,28 +101,8 @@ def lock_and_read(
     rules may test about a transaction of ``txn_type`` at ``moment``.
     Raises :class:`UnknownMember`."""
     _day0, _day1, month0, month1 = local_bounds(moment, programme.zone)
-    t = transactions.c
-    mine = t.member_id == member_id
-    month_count = (
-        sa.select(sa.func.count()).where(mine, t.occurred_at >= month0, t.occurred_at < month1).scalar_subquery()
-    )
-    type_count = sa.select(sa.func.count()).where(mine, t.type == txn_type).scalar_subquery()
-    last_at = sa.select(sa.func.max(t.occurred_at)).where(mine, t.occurred_at <= moment).scalar_subquery()
-    ma, m = member_accounts.c, members.c
-    query = (
-        sa.select(
-            m.birth_date,
-            m.enrolled_at,
-            month_count.label("month_count"),
-            type_count.label("type_count"),
-            last_at.label("last_at"),
-        )
-        .select_from(member_accounts.join(members, m.member_id == ma.member_id))
-        .where(ma.member_id == member_id)
-    )
-    if lock:
-        query = query.with_for_update(of=member_accounts)
-    row = conn.execute(query).first()
+    params = {"member_id": member_id, "txn_type": txn_type, "moment": moment, "month0": month0, "month1": month1}
+    row = conn.execute(MEMBER_FACTS_LOCKED if lock else MEMBER_FACTS, params).first()
     if row is None:
         raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
     facts = member_facts(row.birth_date, aware(row.enrolled_at), moment, programme.zone)
@@ -113,20 +125,34 @@ def aware(value: Any) -> Any:
     return value
 
 
-def usage(conn: Connection, member_id: str, *, moment: dt.datetime, programme: Programme) -> Usage:
-    """Points the member earned per rule in the local day and month of ``moment`` (for caps)."""
-    day0, day1, month0, month1 = local_bounds(moment, programme.zone)
+def _usage_query() -> sa.Select[Any]:
     pl = point_lots.c
-    in_day = sa.and_(pl.earned_at >= day0, pl.earned_at < day1)
-    rows = conn.execute(
+    stamp = pl.earned_at.type
+    in_day = sa.and_(
+        pl.earned_at >= sa.bindparam("day0", type_=stamp), pl.earned_at < sa.bindparam("day1", type_=stamp)
+    )
+    return (
         sa.select(
             pl.rule_id,
             sa.func.sum(pl.original).label("month"),
             sa.func.sum(sa.case((in_day, pl.original), else_=0)).label("day"),
         )
-        .where(pl.member_id == member_id, pl.earned_at >= month0, pl.earned_at < month1)
+        .where(
+            pl.member_id == sa.bindparam("member_id"),
+            pl.earned_at >= sa.bindparam("month0", type_=stamp),
+            pl.earned_at < sa.bindparam("month1", type_=stamp),
+        )
         .group_by(pl.rule_id)
     )
+
+
+USAGE = _usage_query()
+
+
+def usage(conn: Connection, member_id: str, *, moment: dt.datetime, programme: Programme) -> Usage:
+    """Points the member earned per rule in the local day and month of ``moment`` (for caps)."""
+    day0, day1, month0, month1 = local_bounds(moment, programme.zone)
+    rows = conn.execute(USAGE, {"member_id": member_id, "day0": day0, "day1": day1, "month0": month0, "month1": month1})
     day, month = {}, {}
     for r in rows:
         month[r.rule_id] = int(r.month)

@@ -122,6 +122,9 @@ def _key_field(scope: str) -> str:
     return {"transaction": "transaction_id", "reversal": "reversal_id"}.get(scope, "Idempotency-Key")
 
 
+INSERT_TRANSACTION = transactions.insert()
+
+
 def record_transaction(conn: Connection, cmd: TransactionCommand, *, programme: Programme, now: dt.datetime) -> Result:
     """Book one bank transaction under ``programme`` (the version in force when
     it occurred): gather the member's facts, evaluate, post the awards.
@@ -168,7 +171,7 @@ def record_transaction(conn: Connection, cmd: TransactionCommand, *, programme: 
         balance = touch(conn, cmd.member_id, now)
     points = sum(a.points for a in awards)
     conn.execute(
-        transactions.insert(),
+        INSERT_TRANSACTION,
         {
             **facts,
             "points": points,

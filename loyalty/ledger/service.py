@@ -66,6 +66,34 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _bump_statement(covered: bool) -> sa.Update:
+    ma = member_accounts.c
+    stmt = (
+        sa.update(member_accounts)
+        .where(ma.member_id == sa.bindparam("m"))
+        .values(
+            balance=ma.balance + sa.bindparam("delta", type_=sa.BigInteger),
+            held=ma.held + sa.bindparam("held_delta", type_=sa.BigInteger),
+            entry_seq=ma.entry_seq + 1,
+            last_activity_at=sa.func.coalesce(sa.bindparam("now", type_=ma.last_activity_at.type), ma.last_activity_at),
+        )
+        .returning(ma.balance, ma.entry_seq)
+    )
+    if covered:
+        stmt = stmt.where(ma.balance >= sa.bindparam("cover", type_=sa.BigInteger))
+    return stmt
+
+
+# Built once and reused: a constant statement keeps its cache key, so the
+# booking path does not rebuild and re-key it on every request.
+BUMP = _bump_statement(covered=False)
+BUMP_COVERED = _bump_statement(covered=True)
+INSERT_ENTRY = journal_entries.insert()
+INSERT_POSTINGS = postings.insert()
+INSERT_LOTS = point_lots.insert()
+INSERT_CONSUMPTIONS = lot_consumptions.insert()
+
+
 def _bump_account(
     conn: Connection,
     member_id: str,
@@ -81,17 +109,8 @@ def _bump_account(
     many points. Returns ``(balance_after, entry_seq)``; locks the row.
     """
     ma = member_accounts.c
-    values: dict[str, object] = {"entry_seq": ma.entry_seq + 1}
-    if delta:
-        values["balance"] = ma.balance + delta
-    if held_delta:
-        values["held"] = ma.held + held_delta
-    if now is not None:
-        values["last_activity_at"] = now
-    stmt = sa.update(member_accounts).where(ma.member_id == member_id)
-    if require_cover:
-        stmt = stmt.where(ma.balance >= require_cover)
-    row = conn.execute(stmt.values(values).returning(ma.balance, ma.entry_seq)).first()
+    params = {"m": member_id, "delta": delta, "held_delta": held_delta, "now": now, "cover": require_cover}
+    row = conn.execute(BUMP_COVERED if require_cover else BUMP, params).first()
     if row is None:
         exists = conn.execute(sa.select(ma.member_id).where(ma.member_id == member_id)).first()
         if exists is None:
@@ -151,8 +170,8 @@ def entry_rows(
 
 def _write_entry(conn: Connection, **kwargs: Any) -> None:
     entry, rows = entry_rows(**kwargs)
-    conn.execute(journal_entries.insert(), entry)
-    conn.execute(postings.insert(), rows)
+    conn.execute(INSERT_ENTRY, entry)
+    conn.execute(INSERT_POSTINGS, rows)
 
 
 def award_lines(awards: Iterable[Award]) -> list[Line]:
@@ -226,11 +245,11 @@ def accrue(
         transaction_id=transaction_id,
         programme_version=programme_version,
     )
-    conn.execute(journal_entries.insert(), rows.entry)
-    conn.execute(postings.insert(), rows.postings)
-    conn.execute(point_lots.insert(), rows.lots)
+    conn.execute(INSERT_ENTRY, rows.entry)
+    conn.execute(INSERT_POSTINGS, rows.postings)
+    conn.execute(INSERT_LOTS, rows.lots)
     if rows.consumptions:
-        conn.execute(lot_consumptions.insert(), rows.consumptions)
+        conn.execute(INSERT_CONSUMPTIONS, rows.consumptions)
     return Posted(rows.entry["id"], seq, total, balance_after, rows.lots)  # type: ignore[arg-type]
 
 
