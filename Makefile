@@ -33,6 +33,8 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/mypy loyalty rules
 
 bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
+	PYTHONPATH=. $(BIN)/python bench/rules.py
+	PYTHONPATH=. $(BIN)/python bench/backtest.py
 	$(BIN)/python bench/accrual.py
 
 clean: ## remove the virtualenv and the local database
