@@ -208,17 +208,19 @@ def _transaction_json(
         "points": points,
         "entry_id": entry_id,
         "programme_version": version,
-        "awards": [
-            {
-                "rule_id": a.rule_id,
-                "points": a.points,
-                "funding_source": a.funding_source,
-                "qualifying": a.qualifying,
-                "reason": a.reason,
-            }
-            for a in awards
-        ],
+        "awards": [award_json(a) for a in awards],
         "balance": balance,
+    }
+
+
+def award_json(a: Award) -> dict[str, Any]:
+    """An award as the API shows it: the rule, the points, who pays, whether they count toward tier, why."""
+    return {
+        "rule_id": a.rule_id,
+        "points": a.points,
+        "funding_source": a.funding_source,
+        "qualifying": a.qualifying,
+        "reason": a.reason,
     }
 
 

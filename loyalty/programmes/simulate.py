@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from loyalty import Runtime
 from loyalty.accrual import context as member_context
+from loyalty.accrual.service import award_json
 from loyalty.api.schemas import SIMULATED_TRANSACTION_SCHEMA, load
 from loyalty.errors import ValidationError
 from loyalty.programmes import service
@@ -62,15 +63,6 @@ def simulate(
             k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, dt.datetime) else v) for k, v in shown.items()
         },
         "points": sum(a.points for a in awards),
-        "awards": [
-            {
-                "rule_id": a.rule_id,
-                "points": a.points,
-                "funding_source": a.funding_source,
-                "qualifying": a.qualifying,
-                "reason": a.reason,
-            }
-            for a in awards
-        ],
+        "awards": [award_json(a) for a in awards],
         "trace": [{"rule_id": s.rule_id, "matched": s.matched, "points": s.points, "note": s.note} for s in trace],
     }
