@@ -69,14 +69,15 @@ def _member_query() -> sa.Select[Any]:
         t.occurred_at >= sa.bindparam("month0", type_=t.occurred_at.type),
         t.occurred_at < sa.bindparam("month1", type_=t.occurred_at.type),
     )
-    type_count = sa.select(sa.func.count()).where(mine, t.type == sa.bindparam("txn_type"))
+    # EXISTS, not count(): it stops at the first match however long the history.
+    seen_type = sa.exists().where(mine, t.type == sa.bindparam("txn_type"))
     last_at = sa.select(sa.func.max(t.occurred_at)).where(mine, t.occurred_at <= when)
     return (
         sa.select(
             m.birth_date,
             m.enrolled_at,
             month_count.scalar_subquery().label("month_count"),
-            type_count.scalar_subquery().label("type_count"),
+            seen_type.label("seen_type"),
             last_at.scalar_subquery().label("last_at"),
         )
         .select_from(member_accounts.join(members, m.member_id == ma.member_id))
@@ -109,7 +110,7 @@ def lock_and_read(
     last = aware(row.last_at)
     facts.update(
         transactions_this_month=int(row.month_count) + 1,
-        first_of_type=int(row.type_count) == 0,
+        first_of_type=not row.seen_type,
         days_since_last_transaction=None if last is None else max(0, (moment - last).days),
     )
     return facts
