@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,6 @@ class Settings:
     api_key_cache_seconds: int = 30
     #: what one point costs the bank, in fen, for liability figures
     point_value_fen: Decimal = Decimal("1")
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.clawback_policy not in CLAWBACK_POLICIES:

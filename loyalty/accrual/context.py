@@ -7,6 +7,7 @@ racing each other still see each other's counts and cap usage.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter, defaultdict
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from loyalty.accrual.models import transactions
 from loyalty.errors import UnknownMember
 from loyalty.ledger.models import member_accounts, point_lots
 from loyalty.members.models import members
-from rules import Programme, Usage
+from rules import Award, Programme, Usage
 
 #: Until tiers are computed, every member is in the floor tier.
 DEFAULT_TIER = "basic"
@@ -160,3 +161,54 @@ def usage(conn: Connection, member_id: str, *, moment: dt.datetime, programme: P
         if r.day:
             day[r.rule_id] = int(r.day)
     return Usage(day=day, month=month)
+
+
+#: The transaction's own facts, as attributes of a command or a stored row.
+TRANSACTION_FACTS = ("type", "amount", "currency", "occurred_at", "channel", "mcc", "merchant")
+
+
+class MemberHistory:
+    """One member's facts kept in memory while many of their transactions pass
+    (the importer, the backtest): the same facts :func:`lock_and_read` and
+    :func:`usage` read from the database for one transaction."""
+
+    def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime) -> None:
+        self.birth = birth
+        self.enrolled_at = enrolled_at
+        self.types: set[str] = set()
+        self.months: Counter[dt.datetime] = Counter()  # local month start -> transactions
+        self.last: dt.datetime | None = None
+        self.day_usage: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.month_usage: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def facts(self, txn: Any, programme: Programme) -> tuple[dict[str, Any], Usage]:
+        """Facts and cap usage for ``txn`` (anything with the transaction's attributes)."""
+        moment = txn.occurred_at
+        day0, _, month0, _ = local_bounds(moment, programme.zone)
+        facts = {name: getattr(txn, name) for name in TRANSACTION_FACTS}
+        facts["amount"] = int(facts["amount"])
+        facts.update(member_facts(self.birth, self.enrolled_at, moment, programme.zone))
+        facts.update(
+            transactions_this_month=self.months[month0] + 1,
+            first_of_type=txn.type not in self.types,
+            days_since_last_transaction=None if self.last is None else max(0, (moment - self.last).days),
+        )
+        return facts, Usage(day=self.day_usage[day0], month=self.month_usage[month0])
+
+    def record(self, occurred_at: dt.datetime, txn_type: str, zone: dt.tzinfo) -> None:
+        """Count a transaction of the member's."""
+        self.months[local_bounds(occurred_at, zone)[2]] += 1
+        self.types.add(txn_type)
+        if self.last is None or occurred_at > self.last:
+            self.last = occurred_at
+
+    def earned(self, rule_id: str, points: int, earned_at: dt.datetime, zone: dt.tzinfo) -> None:
+        """Count points toward the rule's day and month usage."""
+        day0, _, month0, _ = local_bounds(earned_at, zone)
+        self.day_usage[day0][rule_id] += points
+        self.month_usage[month0][rule_id] += points
+
+    def book(self, txn: Any, programme: Programme, awards: list[Award]) -> None:
+        self.record(txn.occurred_at, txn.type, programme.zone)
+        for a in awards:
+            self.earned(a.rule_id, a.points, txn.occurred_at, programme.zone)

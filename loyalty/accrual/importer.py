@@ -13,7 +13,7 @@ import csv
 import datetime as dt
 import io
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty import Runtime
-from loyalty.accrual.context import aware, local_bounds, member_facts
+from loyalty.accrual.context import MemberHistory, aware, local_bounds
 from loyalty.accrual.models import TRANSACTION_TYPES, idempotency_keys, transactions
 from loyalty.accrual.service import TransactionCommand, request_hash
 from loyalty.api.schemas import CLOCK_SKEW, CURRENCIES, MAX_AMOUNT, load_transaction
@@ -33,7 +33,7 @@ from loyalty.errors import LoyaltyError
 from loyalty.ledger.models import journal_entries, lot_consumptions, member_accounts, point_lots, postings
 from loyalty.ledger.service import accrual_rows, new_id
 from loyalty.members.models import members
-from rules import Award, Programme, Usage, evaluate
+from rules import Award, Programme, evaluate
 
 COLUMNS = ("transaction_id", "member_id", "type", "amount", "currency", "occurred_at", "channel", "mcc", "merchant")
 OPTIONAL = ("channel", "mcc", "merchant")
@@ -140,7 +140,7 @@ def _reject(rejects: Any, summary: Summary, line: int, raw: dict[str, str], reas
     rejects.writerow([line, *(raw.get(c, "") for c in COLUMNS), reason])
 
 
-class _MemberState:
+class _MemberState(MemberHistory):
     """What rules need to know of one member, kept for the whole run.
 
     Loaded from the database the first time the member appears, then kept
@@ -150,35 +150,9 @@ class _MemberState:
     """
 
     def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime, since: dt.datetime) -> None:
-        self.birth = birth
-        self.enrolled_at = enrolled_at
+        super().__init__(birth, enrolled_at)
         self.since = since  # history before this is not loaded
         self.version: tuple[int, Any] = (-1, None)
-        self.types: set[str] = set()
-        self.months: Counter[dt.datetime] = Counter()  # local month start -> transactions
-        self.last: dt.datetime | None = None
-        self.day_usage: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.month_usage: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-
-    def facts(self, cmd: TransactionCommand, programme: Programme) -> tuple[dict[str, Any], Usage]:
-        day0, _, month0, _ = local_bounds(cmd.occurred_at, programme.zone)
-        facts = {**cmd.facts(), **member_facts(self.birth, self.enrolled_at, cmd.occurred_at, programme.zone)}
-        facts.update(
-            transactions_this_month=self.months[month0] + 1,
-            first_of_type=cmd.type not in self.types,
-            days_since_last_transaction=None if self.last is None else max(0, (cmd.occurred_at - self.last).days),
-        )
-        return facts, Usage(day=self.day_usage[day0], month=self.month_usage[month0])
-
-    def book(self, cmd: TransactionCommand, programme: Programme, awards: list[Award]) -> None:
-        day0, _, month0, _ = local_bounds(cmd.occurred_at, programme.zone)
-        self.months[month0] += 1
-        self.types.add(cmd.type)
-        if self.last is None or cmd.occurred_at > self.last:
-            self.last = cmd.occurred_at
-        for a in awards:
-            self.day_usage[day0][a.rule_id] += a.points
-            self.month_usage[month0][a.rule_id] += a.points
 
 
 def _import_chunk(
@@ -319,10 +293,7 @@ def _refresh_states(
                 pl.member_id.in_(part), pl.earned_at >= since
             )
         ):
-            state = states[member_id]
-            day0, _, month0, _ = local_bounds(earned_at, zone_of[member_id])
-            state.day_usage[day0][rule_id] += int(original)
-            state.month_usage[month0][rule_id] += int(original)
+            states[member_id].earned(rule_id, int(original), earned_at, zone_of[member_id])
 
 
 def _claim(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> set[str]:

@@ -16,70 +16,20 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-from collections import Counter, defaultdict
+from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.context import local_bounds, member_facts
+from loyalty.accrual.context import MemberHistory
 from loyalty.accrual.models import transactions
 from loyalty.ledger.models import point_lots
 from loyalty.members.models import members
-from rules import Programme, Usage, evaluate
+from rules import Programme, evaluate
 
 FETCH = 5_000
-
-
-class _Member:
-    """One member's running context while their transactions stream past."""
-
-    def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime) -> None:
-        self.birth = birth
-        self.enrolled_at = enrolled_at
-        self.types: set[str] = set()
-        self.months: Counter[tuple[int, int]] = Counter()
-        self.last: dt.datetime | None = None
-        self.day_key: Any = None
-        self.month_key: Any = None
-        self.day: dict[str, int] = defaultdict(int)
-        self.month: dict[str, int] = defaultdict(int)
-
-    def facts(self, row: Any, programme: Programme) -> dict[str, Any]:
-        local = row.occurred_at.astimezone(programme.zone)
-        facts = member_facts(self.birth, self.enrolled_at, row.occurred_at, programme.zone)
-        facts.update(
-            type=row.type,
-            amount=int(row.amount),
-            currency=row.currency,
-            channel=row.channel,
-            mcc=row.mcc,
-            merchant=row.merchant,
-            occurred_at=row.occurred_at,
-            transactions_this_month=self.months[(local.year, local.month)] + 1,
-            first_of_type=row.type not in self.types,
-            days_since_last_transaction=None if self.last is None else max(0, (row.occurred_at - self.last).days),
-        )
-        return facts
-
-    def usage(self, row: Any, programme: Programme) -> Usage:
-        day0, _, month0, _ = local_bounds(row.occurred_at, programme.zone)
-        if self.month_key != month0:
-            self.month_key, self.month = month0, defaultdict(int)
-        if self.day_key != day0:
-            self.day_key, self.day = day0, defaultdict(int)
-        return Usage(day=self.day, month=self.month)
-
-    def book(self, row: Any, programme: Programme, awards: list[Any]) -> None:
-        local = row.occurred_at.astimezone(programme.zone)
-        self.months[(local.year, local.month)] += 1
-        self.types.add(row.type)
-        if self.last is None or row.occurred_at > self.last:
-            self.last = row.occurred_at
-        for a in awards:
-            self.day[a.rule_id] += a.points
-            self.month[a.rule_id] += a.points
 
 
 def run(
@@ -120,11 +70,11 @@ def run(
     stream = conn.execution_options(stream_results=True, yield_per=FETCH).execute(query)
     for row in stream:
         if row.member_id != member_id:
-            member_id, state = row.member_id, _Member(row.birth_date, row.enrolled_at)
+            member_id, state = row.member_id, MemberHistory(row.birth_date, row.enrolled_at)
         assert state is not None
         if row.occurred_at >= start:
-            facts = state.facts(row, candidate)
-            awards = evaluate(candidate, "transaction", facts, state.usage(row, candidate))
+            facts, used = state.facts(row, candidate)
+            awards = evaluate(candidate, "transaction", facts, used)
             new = sum(a.points for a in awards)
             old = int(row.points)
             totals["transactions"] += 1
@@ -143,8 +93,8 @@ def run(
         else:
             # History before the period: it shapes the context; count the candidate's
             # awards toward caps the way the candidate would have given them.
-            facts = state.facts(row, candidate)
-            state.book(row, candidate, evaluate(candidate, "transaction", facts, state.usage(row, candidate)))
+            facts, used = state.facts(row, candidate)
+            state.book(row, candidate, evaluate(candidate, "transaction", facts, used))
     actual_by_rule = _actual_by_rule(conn, start, end)
     delta = totals["candidate"] - totals["actual"]
     return {
