@@ -13,8 +13,11 @@ from loyalty.ledger.models import (
     point_lots,
     postings,
 )
-from loyalty.members.models import members
+from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
+from loyalty.jobs.models import job_runs
+from loyalty.members.models import member_profiles, members
 from loyalty.programmes.models import programme_versions
+from loyalty.tiers.models import lifecycle_changes, tier_changes
 
 __all__ = [
     "metadata",
@@ -32,4 +35,11 @@ __all__ = [
     "api_keys",
     "programme_versions",
     "audit_log",
+    "member_profiles",
+    "tier_changes",
+    "lifecycle_changes",
+    "events",
+    "webhook_subscriptions",
+    "webhook_deliveries",
+    "job_runs",
 ]

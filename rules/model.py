@@ -8,17 +8,20 @@ A programme is a versioned set of rules with the moment it takes effect.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from rules.catalogue import CAPS, EVENTS, OPERATORS, ROUNDING, TYPES, VARIABLES
+from rules.catalogue import CAPS, EVENTS, OPERATORS, ROUNDING, TYPES, VARIABLES, Variable
 
 if TYPE_CHECKING:
     from rules.evaluate import Compiled
+    from rules.tiers import Ladder, Lifecycle
 
 # \Z, not $: "$" also matches before a trailing newline, which let "2026.1\n" through.
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
@@ -88,6 +91,9 @@ class Programme:
     timezone: str = DEFAULT_TIMEZONE
     caps: Caps = field(default_factory=Caps)
     description: str = ""
+    #: the tier ladder and lifecycle stages in force with this version
+    ladder: Ladder = field(default_factory=lambda: _default_tiers()[0])
+    lifecycle: Lifecycle = field(default_factory=lambda: _default_tiers()[1])
 
     @property
     def funding_sources(self) -> set[str]:
@@ -223,27 +229,41 @@ def _typed_value(var_type: str, value: Any, path: str) -> Any:
     return value
 
 
-def _condition(doc: Any, path: str) -> Condition:
+def _condition(
+    doc: Any,
+    path: str,
+    *,
+    variables: Mapping[str, Variable] = VARIABLES,
+    operators: Collection[str] = tuple(OPERATORS),
+    groups: Collection[str] = ("all", "any", "not"),
+) -> Condition:
+    """A condition over ``variables`` using ``operators`` and group kinds ``groups``."""
     if not isinstance(doc, dict):
         raise RuleError(path, "must be an object")
-    groups = [k for k in ("all", "any", "not") if k in doc]
-    if groups:
+    inner = {"variables": variables, "operators": operators, "groups": groups}
+    present = [k for k in ("all", "any", "not") if k in doc]
+    for key in present:
+        if key not in groups:
+            raise RuleError(f"{path}.{key}", f"{key!r} is not allowed here; use {' or '.join(groups)}")
+    if present:
         if len(doc) != 1:
             raise RuleError(path, "a group has exactly one key: all, any or not")
-        key = groups[0]
+        key = present[0]
         if key == "not":
-            return Condition("not", children=(_condition(doc["not"], f"{path}.not"),))
+            return Condition("not", children=(_condition(doc["not"], f"{path}.not", **inner),))
         if not isinstance(doc[key], list):
             raise RuleError(f"{path}.{key}", "must be a list of conditions")
-        return Condition(key, children=tuple(_condition(c, f"{path}.{key}[{i}]") for i, c in enumerate(doc[key])))
+        return Condition(
+            key, children=tuple(_condition(c, f"{path}.{key}[{i}]", **inner) for i, c in enumerate(doc[key]))
+        )
     _no_extra(doc, {"var", "op", "value"}, path)
     var = _get(doc, "var", path, str)
-    if var not in VARIABLES:
+    if var not in variables:
         raise RuleError(f"{path}.var", f"unknown variable {var!r}")
     op = _get(doc, "op", path, str)
-    if op not in OPERATORS:
+    if op not in operators:
         raise RuleError(f"{path}.op", f"unknown operator {op!r}")
-    vtype = VARIABLES[var].type
+    vtype = variables[var].type
     operator = OPERATORS[op]
     if vtype not in operator.types:
         raise RuleError(f"{path}.op", f"{op!r} does not apply to {var!r}, a {vtype}")
@@ -378,7 +398,30 @@ def _effective_from(value: Any, zone: ZoneInfo) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-PROGRAMME_FIELDS = {"version", "effective_from", "timezone", "expiry_months", "caps", "rules", "description"}
+PROGRAMME_FIELDS = {
+    "version",
+    "effective_from",
+    "timezone",
+    "expiry_months",
+    "caps",
+    "rules",
+    "description",
+    "tiers",
+    "lifecycle",
+}
+
+
+@functools.cache
+def _default_tiers() -> tuple[Ladder, Lifecycle]:
+    """The shipped ladder and lifecycle, for documents that do not define their own."""
+    import json
+    from importlib import resources
+
+    from rules.tiers import load_ladder, load_lifecycle
+
+    doc = json.loads(resources.files("rules").joinpath("default_programme.json").read_text("utf-8"))
+    ladder = load_ladder(doc["tiers"])
+    return ladder, load_lifecycle(doc["lifecycle"], ladder)
 
 
 def load_programme(doc: Any) -> Programme:
@@ -399,7 +442,14 @@ def load_programme(doc: Any) -> Programme:
     raw_rules = _get(doc, "rules", "$", list)
     rules = tuple(_rule(r, f"$.rules[{i}]") for i, r in enumerate(raw_rules))
     _check_whole(rules)
+    from rules.tiers import load_ladder, load_lifecycle
+
+    ladder = load_ladder(doc["tiers"]) if doc.get("tiers") is not None else _default_tiers()[0]
+    lifecycle = load_lifecycle(doc["lifecycle"], ladder) if doc.get("lifecycle") is not None else _default_tiers()[1]
+    _check_tier_names(rules, ladder.codes)
     return Programme(
+        ladder=ladder,
+        lifecycle=lifecycle,
         version=version,
         effective_from=effective_from,
         expiry_months=expiry_months,
@@ -408,6 +458,14 @@ def load_programme(doc: Any) -> Programme:
         caps=_caps(doc.get("caps"), "$.caps", ("per_day", "per_month")),
         description=_get(doc, "description", "$", str, required=False, default=""),
     )
+
+
+def _check_tier_names(rules: tuple[Rule, ...], tiers: tuple[str, ...]) -> None:
+    """Rules may only name tiers the ladder has."""
+    for i, r in enumerate(rules):
+        for code, _factor in r.action.by_tier:
+            if code not in tiers:
+                raise RuleError(f"$.rules[{i}].action.by_tier.{code}", f"no tier {code!r} in the ladder")
 
 
 def _check_whole(rules: tuple[Rule, ...]) -> None:
@@ -513,6 +571,10 @@ def dump_programme(p: Programme) -> dict[str, Any]:
             rule["caps"] = caps
         rules.append(rule)
     doc["rules"] = rules
+    from rules.tiers import dump_ladder, dump_lifecycle
+
+    doc["tiers"] = dump_ladder(p.ladder)
+    doc["lifecycle"] = dump_lifecycle(p.lifecycle)
     return doc
 
 

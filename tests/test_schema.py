@@ -20,6 +20,9 @@ MEMBER_SCOPED = {
     "holds",
     "transactions",
     "reversals",
+    "member_profiles",
+    "tier_changes",
+    "lifecycle_changes",
 }
 #: Tables that are not member-scoped, and why.
 NOT_MEMBER_SCOPED = {
@@ -28,6 +31,10 @@ NOT_MEMBER_SCOPED = {
     "idempotency_keys": "keys unique across members, distributed by the key itself (docs/scaling.md)",
     "programme_versions": "reference table: the earning programme's versions",
     "audit_log": "administrative history, not on any member's path",
+    "events": "the outbox: one feed across members, read in commit order by consumers",
+    "webhook_subscriptions": "reference table",
+    "webhook_deliveries": "delivery state of the outbox, keyed by subscription and event",
+    "job_runs": "operational history of the scheduler",
 }
 
 

@@ -51,6 +51,8 @@ reversals = sa.Table(
     #: the "available only" policy when the member has spent them)
     sa.Column("points_due", sa.BigInteger, nullable=False),
     sa.Column("points", sa.BigInteger, nullable=False),
+    #: of ``points_due``, how many were qualifying (they stop counting toward tier)
+    sa.Column("qualifying_points", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("entry_id", sa.Uuid(as_uuid=False)),
     sa.Column("balance_after", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
