@@ -193,9 +193,11 @@ def patch_onestmt() -> None:
     lock_sql = sa.text(LOCK_AND_READ)
     write_sql = sa.text(WRITE_ACCRUAL)
 
-    def record_transaction(conn: Connection, cmd: Any, *, programme: Any, now: Any) -> Any:
+    def record_transaction(conn: Connection, cmd: Any, *, programme: Any, now: Any, current: Any = None) -> Any:
+        # Measures the ledger write alone: the tier, lifecycle and event writes that
+        # follow a booking are not part of this prototype.
         if conn.dialect.name != "postgresql":
-            return original(conn, cmd, programme=programme, now=now)
+            return original(conn, cmd, programme=programme, now=now, current=current)
         moment = cmd.occurred_at
         _d0, _d1, month0, month1 = context.local_bounds(moment, programme.zone)
         row = conn.execute(
@@ -203,7 +205,9 @@ def patch_onestmt() -> None:
         ).first()
         if row is None:
             raise svc.UnknownMember(f"member {cmd.member_id!r} is not enrolled", field="member_id")
-        member = context.member_facts(row.birth_date, context.aware(row.enrolled_at), moment, programme.zone)
+        member = context.member_facts(
+            row.birth_date, context.aware(row.enrolled_at), moment, programme.zone, tier=programme.ladder.floor
+        )
         last = context.aware(row.last_at)
         member.update(
             transactions_this_month=int(row.month_count) + 1,

@@ -4,6 +4,8 @@ from loyalty.accrual.models import idempotency_keys, reversals, transactions
 from loyalty.audit import audit_log
 from loyalty.auth.models import api_keys
 from loyalty.db import metadata
+from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
+from loyalty.jobs.models import job_runs
 from loyalty.ledger.models import (
     accounts,
     holds,
@@ -13,8 +15,6 @@ from loyalty.ledger.models import (
     point_lots,
     postings,
 )
-from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
-from loyalty.jobs.models import job_runs
 from loyalty.members.models import member_profiles, members
 from loyalty.programmes.models import programme_versions
 from loyalty.tiers.models import lifecycle_changes, tier_changes

@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -82,6 +82,19 @@ class Rule:
     description: str = ""
 
 
+@functools.cache
+def default_tiers() -> tuple[Ladder, Lifecycle]:
+    """The shipped ladder and lifecycle, for documents that do not define their own."""
+    import json
+    from importlib import resources
+
+    from rules.tiers import load_ladder, load_lifecycle
+
+    doc = json.loads(resources.files("rules").joinpath("default_programme.json").read_text("utf-8"))
+    ladder = load_ladder(doc["tiers"])
+    return ladder, load_lifecycle(doc["lifecycle"], ladder)
+
+
 @dataclass(frozen=True)
 class Programme:
     version: str
@@ -92,8 +105,8 @@ class Programme:
     caps: Caps = field(default_factory=Caps)
     description: str = ""
     #: the tier ladder and lifecycle stages in force with this version
-    ladder: Ladder = field(default_factory=lambda: _default_tiers()[0])
-    lifecycle: Lifecycle = field(default_factory=lambda: _default_tiers()[1])
+    ladder: Ladder = field(default_factory=lambda: default_tiers()[0])
+    lifecycle: Lifecycle = field(default_factory=lambda: default_tiers()[1])
 
     @property
     def funding_sources(self) -> set[str]:
@@ -240,7 +253,7 @@ def _condition(
     """A condition over ``variables`` using ``operators`` and group kinds ``groups``."""
     if not isinstance(doc, dict):
         raise RuleError(path, "must be an object")
-    inner = {"variables": variables, "operators": operators, "groups": groups}
+    inner: dict[str, Any] = {"variables": variables, "operators": operators, "groups": groups}
     present = [k for k in ("all", "any", "not") if k in doc]
     for key in present:
         if key not in groups:
@@ -411,19 +424,6 @@ PROGRAMME_FIELDS = {
 }
 
 
-@functools.cache
-def _default_tiers() -> tuple[Ladder, Lifecycle]:
-    """The shipped ladder and lifecycle, for documents that do not define their own."""
-    import json
-    from importlib import resources
-
-    from rules.tiers import load_ladder, load_lifecycle
-
-    doc = json.loads(resources.files("rules").joinpath("default_programme.json").read_text("utf-8"))
-    ladder = load_ladder(doc["tiers"])
-    return ladder, load_lifecycle(doc["lifecycle"], ladder)
-
-
 def load_programme(doc: Any) -> Programme:
     """Validate a programme document and return it as a :class:`Programme`."""
     if not isinstance(doc, dict):
@@ -444,8 +444,8 @@ def load_programme(doc: Any) -> Programme:
     _check_whole(rules)
     from rules.tiers import load_ladder, load_lifecycle
 
-    ladder = load_ladder(doc["tiers"]) if doc.get("tiers") is not None else _default_tiers()[0]
-    lifecycle = load_lifecycle(doc["lifecycle"], ladder) if doc.get("lifecycle") is not None else _default_tiers()[1]
+    ladder = load_ladder(doc["tiers"]) if doc.get("tiers") is not None else default_tiers()[0]
+    lifecycle = load_lifecycle(doc["lifecycle"], ladder) if doc.get("lifecycle") is not None else default_tiers()[1]
     _check_tier_names(rules, ladder.codes)
     return Programme(
         ladder=ladder,

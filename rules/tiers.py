@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules.catalogue import Variable
-from rules.model import ID_RE, Condition, RuleError
+from rules.model import ID_RE, Condition, RuleError, _dump_condition
 from rules.model import _condition as condition
-from rules.model import _dump_condition
 from rules.model import _get as get
 from rules.model import _no_extra as no_extra
 from rules.model import _positive as positive
@@ -29,9 +28,7 @@ METRICS = {
     v.name: v
     for v in [
         Variable("aum", "integer", "member", "assets under management, in fen (0 without a profile)"),
-        Variable(
-            "profit_contribution", "integer", "member", "profit contribution over the trailing 12 months, in fen"
-        ),
+        Variable("profit_contribution", "integer", "member", "profit contribution over the trailing 12 months, in fen"),
         Variable(
             "qualifying_points",
             "integer",
@@ -49,7 +46,9 @@ METRICS = {
         ),
         Variable("products_held", "string_list", "member", "products the member holds"),
         Variable("product_count", "integer", "member", "how many products the member holds"),
-        Variable("age", "integer", "member", "the member's age in whole years; null without a birth date", nullable=True),
+        Variable(
+            "age", "integer", "member", "the member's age in whole years; null without a birth date", nullable=True
+        ),
     ]
 }
 

@@ -16,11 +16,9 @@ from sqlalchemy.engine import Connection
 from loyalty.accrual.models import transactions
 from loyalty.errors import UnknownMember
 from loyalty.ledger.models import member_accounts, point_lots
-from loyalty.members.models import members
+from loyalty.members.models import member_profiles, members
+from loyalty.tiers.service import STATE_COLUMNS, MemberState, state_of
 from rules import Award, Programme, Usage
-
-#: Until tiers are computed, every member is in the floor tier.
-DEFAULT_TIER = "basic"
 
 
 def local_bounds(moment: dt.datetime, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime, dt.datetime, dt.datetime]:
@@ -44,16 +42,24 @@ def age_on(birth: dt.date | None, day: dt.date) -> int | None:
 
 
 def member_facts(
-    birth: dt.date | None, enrolled_at: dt.datetime, moment: dt.datetime, zone: dt.tzinfo
+    birth: dt.date | None,
+    enrolled_at: dt.datetime,
+    moment: dt.datetime,
+    zone: dt.tzinfo,
+    *,
+    tier: str,
+    products: str | None = None,
 ) -> dict[str, Any]:
-    """Facts about the member that do not depend on their transactions."""
+    """Facts about the member that do not depend on their transactions.
+
+    ``products`` is the stored form of the products held (``,deposit,wealth,``)."""
     local_day = moment.astimezone(zone).date()
     return {
-        "tier": DEFAULT_TIER,
+        "tier": tier,
         "age": age_on(birth, local_day),
         "birthday_month": birth is not None and birth.month == local_day.month,
         "enrolled_days": max(0, (local_day - enrolled_at.astimezone(zone).date()).days),
-        "products_held": [],
+        "products_held": [p for p in (products or "").split(",") if p],
     }
 
 
@@ -77,11 +83,17 @@ def _member_query() -> sa.Select[Any]:
         sa.select(
             m.birth_date,
             m.enrolled_at,
+            *STATE_COLUMNS,
+            member_profiles.c.products_held,
             month_count.scalar_subquery().label("month_count"),
             seen_type.label("seen_type"),
             last_at.scalar_subquery().label("last_at"),
         )
-        .select_from(member_accounts.join(members, m.member_id == ma.member_id))
+        .select_from(
+            member_accounts.join(members, m.member_id == ma.member_id).outerjoin(
+                member_profiles, member_profiles.c.member_id == ma.member_id
+            )
+        )
         .where(ma.member_id == sa.bindparam("member_id"))
     )
 
@@ -98,23 +110,25 @@ def lock_and_read(
     moment: dt.datetime,
     programme: Programme,
     lock: bool = True,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], MemberState]:
     """Lock the member's account (unless ``lock`` is false) and gather the facts
-    rules may test about a transaction of ``txn_type`` at ``moment``.
-    Raises :class:`UnknownMember`."""
+    rules may test about a transaction of ``txn_type`` at ``moment``, and the
+    member's tier and lifecycle state. Raises :class:`UnknownMember`."""
     _day0, _day1, month0, month1 = local_bounds(moment, programme.zone)
     params = {"member_id": member_id, "txn_type": txn_type, "moment": moment, "month0": month0, "month1": month1}
     row = conn.execute(MEMBER_FACTS_LOCKED if lock else MEMBER_FACTS, params).first()
     if row is None:
         raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
-    facts = member_facts(row.birth_date, aware(row.enrolled_at), moment, programme.zone)
+    facts = member_facts(
+        row.birth_date, aware(row.enrolled_at), moment, programme.zone, tier=row.tier, products=row.products_held
+    )
     last = aware(row.last_at)
     facts.update(
         transactions_this_month=int(row.month_count) + 1,
         first_of_type=not row.seen_type,
         days_since_last_transaction=None if last is None else max(0, (moment - last).days),
     )
-    return facts
+    return facts, state_of(row)
 
 
 def aware(value: Any) -> Any:
@@ -172,9 +186,11 @@ class MemberHistory:
     (the importer, the backtest): the same facts :func:`lock_and_read` and
     :func:`usage` read from the database for one transaction."""
 
-    def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime) -> None:
+    def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime, tier: str, products: str | None = None) -> None:
         self.birth = birth
         self.enrolled_at = enrolled_at
+        self.tier = tier
+        self.products = products
         self.types: set[str] = set()
         self.months: Counter[dt.datetime] = Counter()  # local month start -> transactions
         self.last: dt.datetime | None = None
@@ -187,7 +203,9 @@ class MemberHistory:
         day0, _, month0, _ = local_bounds(moment, programme.zone)
         facts = {name: getattr(txn, name) for name in TRANSACTION_FACTS}
         facts["amount"] = int(facts["amount"])
-        facts.update(member_facts(self.birth, self.enrolled_at, moment, programme.zone))
+        facts.update(
+            member_facts(self.birth, self.enrolled_at, moment, programme.zone, tier=self.tier, products=self.products)
+        )
         facts.update(
             transactions_this_month=self.months[month0] + 1,
             first_of_type=txn.type not in self.types,

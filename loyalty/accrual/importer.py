@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -30,9 +31,11 @@ from loyalty.accrual.service import TransactionCommand, request_hash
 from loyalty.api.schemas import CLOCK_SKEW, CURRENCIES, MAX_AMOUNT, load_transaction
 from loyalty.db import insert_ignore, is_postgres, transaction
 from loyalty.errors import LoyaltyError
+from loyalty.events.models import events
 from loyalty.ledger.models import journal_entries, lot_consumptions, member_accounts, point_lots, postings
 from loyalty.ledger.service import accrual_rows, new_id
-from loyalty.members.models import members
+from loyalty.members.models import member_profiles, members
+from loyalty.tiers import service as tiers
 from rules import Award, Programme, evaluate
 
 COLUMNS = ("transaction_id", "member_id", "type", "amount", "currency", "occurred_at", "channel", "mcc", "merchant")
@@ -149,8 +152,8 @@ class _MemberState(MemberHistory):
     entry counter or last activity moved), so concurrent API traffic is seen.
     """
 
-    def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime, since: dt.datetime) -> None:
-        super().__init__(birth, enrolled_at)
+    def __init__(self, account: Any, since: dt.datetime) -> None:
+        super().__init__(account.birth_date, account.enrolled_at, account.tier, account.products_held)
         self.since = since  # history before this is not loaded
         self.version: tuple[int, Any] = (-1, None)
 
@@ -226,6 +229,7 @@ def _import_chunk(
         versions = _book(conn, list(rows.values()), now)
         for member_id, version in versions.items():
             states[member_id].version = version
+        _after_booking(conn, list(rows.values()), programme=rt.programme, now=now)
         summary.posted += len(rows)
 
 
@@ -237,8 +241,17 @@ def _lock_members(conn: Connection, member_ids: set[str]) -> dict[str, sa.Row[An
     ids = sorted(member_ids)
     for i in range(0, len(ids), 1000):
         q = (
-            sa.select(ma.member_id, ma.entry_seq, ma.last_activity_at, m.birth_date, m.enrolled_at)
+            sa.select(
+                ma.member_id,
+                ma.entry_seq,
+                ma.last_activity_at,
+                m.birth_date,
+                m.enrolled_at,
+                m.tier,
+                member_profiles.c.products_held,
+            )
             .join(members, m.member_id == ma.member_id)
+            .outerjoin(member_profiles, member_profiles.c.member_id == ma.member_id)
             .where(ma.member_id.in_(ids[i : i + 1000]))
             .order_by(ma.member_id)
         )
@@ -262,8 +275,10 @@ def _refresh_states(
     for m, since in earliest.items():
         acc = accounts[m]
         state = states.get(m)
+        if state is not None:  # an upgrade or a profile update may have moved these since
+            state.tier, state.products = acc.tier, acc.products_held
         if state is None or state.version != (acc.entry_seq, acc.last_activity_at) or since < state.since:
-            states[m] = _MemberState(acc.birth_date, acc.enrolled_at, since)
+            states[m] = _MemberState(acc, since)
             states[m].version = (acc.entry_seq, acc.last_activity_at)
             stale.append(m)
     if not stale:
@@ -401,6 +416,57 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
     ):
         bulk_insert(conn, table, data)
     return {m: (seq, now) for m, (_balance, seq) in state.items()}
+
+
+def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Programme, now: dt.datetime) -> None:
+    """What the API does after each booking, for the whole chunk at once: the events of
+    the points accrued, the members' first and latest transactions, upgrades, stages."""
+    accrued = [
+        {
+            "type": "points.accrued",
+            "member_id": r.cmd.member_id,
+            "payload": json.dumps(
+                {
+                    "transaction_id": r.cmd.transaction_id,
+                    "entry_id": r.entry_id,
+                    "points": sum(a.points for a in r.awards),
+                    "rules": [a.rule_id for a in r.awards],
+                },
+                sort_keys=True,
+            ),
+            "occurred_at": now,
+        }
+        for r in rows
+        if r.awards
+    ]
+    bulk_insert(conn, events, accrued)
+    spans: dict[str, list[dt.datetime]] = {}
+    for r in rows:
+        span = spans.setdefault(r.cmd.member_id, [r.cmd.occurred_at, r.cmd.occurred_at])
+        span[0], span[1] = min(span[0], r.cmd.occurred_at), max(span[1], r.cmd.occurred_at)
+    m = members.c
+    first, last = (
+        sa.bindparam("first", type_=m.first_transaction_at.type),
+        sa.bindparam("last", type_=m.last_transaction_at.type),
+    )
+    conn.execute(
+        sa.update(members)
+        .where(m.member_id == sa.bindparam("m"))
+        .values(
+            first_transaction_at=sa.case(
+                (sa.or_(m.first_transaction_at.is_(None), m.first_transaction_at > first), first),
+                else_=m.first_transaction_at,
+            ),
+            last_transaction_at=sa.case(
+                (sa.or_(m.last_transaction_at.is_(None), m.last_transaction_at < last), last),
+                else_=m.last_transaction_at,
+            ),
+        ),
+        [{"m": member_id, "first": lo, "last": hi} for member_id, (lo, hi) in spans.items()],
+    )
+    touched = sorted(spans)
+    tiers.reassess_members(conn, touched, programme=programme, now=now)
+    tiers.apply_stages(conn, m.member_id.in_(touched), programme=programme, as_of=now, now=now, source="event")
 
 
 def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime) -> dict[str, tuple[int, int]]:

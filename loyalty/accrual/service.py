@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -20,9 +21,11 @@ from sqlalchemy.engine import Connection
 from loyalty.accrual import context
 from loyalty.accrual.models import idempotency_keys, reversals, transactions
 from loyalty.errors import IdempotencyConflict, NotFound, UnknownMember, ValidationError
+from loyalty.events.service import emit
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import member_accounts, point_lots
 from loyalty.members.service import iso
+from loyalty.tiers import service as tiers
 from rules import Award, Programme, evaluate
 
 
@@ -125,15 +128,26 @@ def _key_field(scope: str) -> str:
 INSERT_TRANSACTION = transactions.insert()
 
 
-def record_transaction(conn: Connection, cmd: TransactionCommand, *, programme: Programme, now: dt.datetime) -> Result:
+def record_transaction(
+    conn: Connection,
+    cmd: TransactionCommand,
+    *,
+    programme: Programme,
+    now: dt.datetime,
+    current: Programme | None = None,
+) -> Result:
     """Book one bank transaction under ``programme`` (the version in force when
-    it occurred): gather the member's facts, evaluate, post the awards.
+    it occurred): gather the member's facts, evaluate, post the awards, then
+    bring the member's tier and lifecycle stage up to date under ``current``
+    (the version in force now; ``programme`` if not given).
 
     A transaction that earns nothing is still recorded (for refunds, tiers and
     backtests) and counts as activity.
     """
     facts = cmd.facts()
-    member = context.lock_and_read(conn, cmd.member_id, txn_type=cmd.type, moment=cmd.occurred_at, programme=programme)
+    member, state = context.lock_and_read(
+        conn, cmd.member_id, txn_type=cmd.type, moment=cmd.occurred_at, programme=programme
+    )
     used = (
         context.usage(conn, cmd.member_id, moment=cmd.occurred_at, programme=programme)
         if (programme.compiled.needs_usage)
@@ -180,6 +194,23 @@ def record_transaction(conn: Connection, cmd: TransactionCommand, *, programme: 
             "programme_version": programme.version,
             "received_at": now,
         },
+    )
+    if awards:
+        emit(
+            conn,
+            "points.accrued",
+            member_id=cmd.member_id,
+            payload={
+                "transaction_id": cmd.transaction_id,
+                "entry_id": entry_id,
+                "points": points,
+                "balance": balance,
+                "rules": [a.rule_id for a in awards],
+            },
+            now=now,
+        )
+    tiers.after_transaction(
+        conn, cmd.member_id, state, occurred_at=cmd.occurred_at, programme=current or programme, now=now
     )
     return Result(201, _transaction_json(cmd, points, entry_id, balance, programme.version, awards))
 
@@ -301,17 +332,20 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
         .where(t.member_id == member_id, t.transaction_id == cmd.transaction_id)
         .values(reversed_points=reversed_points)
     )
-    posted = None
+    posted, refunded_qualifying = None, 0
     if due > 0:
         pl = point_lots.c
-        funding = {
-            r.funding_source: int(r.original)
-            for r in conn.execute(
-                sa.select(pl.funding_source, sa.func.sum(pl.original).label("original"))
-                .where(pl.member_id == member_id, pl.entry_id == row.entry_id)
-                .group_by(pl.funding_source)
-            )
-        }
+        funding: dict[str, int] = defaultdict(int)
+        qualifying = 0
+        for r in conn.execute(
+            sa.select(pl.funding_source, pl.qualifying, sa.func.sum(pl.original).label("original"))
+            .where(pl.member_id == member_id, pl.entry_id == row.entry_id)
+            .group_by(pl.funding_source, pl.qualifying)
+        ):
+            funding[r.funding_source] += int(r.original)
+            qualifying += int(r.original) if r.qualifying else 0
+        # The qualifying share of what is taken back stops counting toward tier.
+        refunded_qualifying = qualifying * refunded // amount - qualifying * (refunded - cmd.amount) // amount
         posted = ledger.claw_back(
             conn,
             member_id,
@@ -334,6 +368,7 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
             "amount": cmd.amount,
             "points_due": due,
             "points": taken,
+            "qualifying_points": refunded_qualifying,
             "entry_id": posted.entry_id if posted else None,
             "balance_after": balance,
             "created_at": now,
@@ -344,6 +379,19 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
             sa.update(idempotency_keys)
             .where(idempotency_keys.c.scope == "reversal", idempotency_keys.c.key == cmd.reversal_id)
             .values(entry_id=posted.entry_id)
+        )
+        emit(
+            conn,
+            "points.reversed",
+            member_id=member_id,
+            payload={
+                "transaction_id": cmd.transaction_id,
+                "reversal_id": cmd.reversal_id,
+                "entry_id": posted.entry_id,
+                "points": taken,
+                "balance": balance,
+            },
+            now=now,
         )
     return Result(201, reversal_body(conn, member_id, cmd.reversal_id))
 

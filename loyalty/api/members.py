@@ -37,7 +37,7 @@ def enrol() -> Response:
 def get_member(member_id: str) -> Response:
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
-        return json_response(service.member_view(conn, member_id, now=rt.now()))
+        return json_response(service.member_view(conn, member_id, programme=rt.programme, now=rt.now()))
 
 
 @bp.get("/members/<member_id>/entries")

@@ -37,7 +37,9 @@ def post_transaction() -> Response:
     rt = runtime()
     cmd = load_transaction(body, rt.now())
     return execute(
-        lambda conn, now: service.record_transaction(conn, cmd, programme=rt.programmes.at(cmd.occurred_at), now=now),
+        lambda conn, now: service.record_transaction(
+            conn, cmd, programme=rt.programmes.at(cmd.occurred_at), now=now, current=rt.programme
+        ),
         body,
     )
 
@@ -93,7 +95,7 @@ def post_batch() -> Response:
             cmd = load_transaction(item, rt.now())
             with transaction(rt.engine) as conn:
                 programme = rt.programmes.at(cmd.occurred_at)
-                result = service.record_transaction(conn, cmd, programme=programme, now=rt.now())
+                result = service.record_transaction(conn, cmd, programme=programme, now=rt.now(), current=rt.programme)
             results.append({"index": index, "status": result.status, "result": result.body})
         except LoyaltyError as err:
             problem = err.problem()

@@ -6,6 +6,10 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from rules.tiers import add_months
+
+__all__ = ["OpenLot", "add_months", "check_balanced", "fifo_order", "take"]
+
 
 @dataclass(frozen=True)
 class OpenLot:
@@ -42,18 +46,6 @@ def take(lots: Sequence[OpenLot], points: int, *, prefer: Iterable[str] = ()) ->
             plan.append((lot.id, n))
             left -= n
     return plan
-
-
-def add_months(moment: dt.datetime, months: int) -> dt.datetime:
-    """``moment`` plus whole calendar months, the day clamped to the month's end."""
-    month0 = moment.month - 1 + months
-    year, month = moment.year + month0 // 12, month0 % 12 + 1
-    for day in (moment.day, 30, 29, 28):
-        try:
-            return moment.replace(year=year, month=month, day=min(moment.day, day))
-        except ValueError:
-            continue
-    raise AssertionError("unreachable")
 
 
 def check_balanced(amounts: Iterable[int]) -> None:

@@ -11,9 +11,11 @@ from sqlalchemy.engine import Connection
 
 from loyalty.db import insert_ignore
 from loyalty.errors import MemberNotFound
+from loyalty.events.service import emit
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import journal_entries, member_accounts, point_lots
 from loyalty.members.models import members
+from loyalty.tiers import service as tiers
 from rules import Programme, evaluate
 
 EXPIRY_WINDOWS = (30, 60, 90)
@@ -46,9 +48,17 @@ def enrol(conn: Connection, cmd: Enrolment, *, programme: Programme, now: dt.dat
     ).first()
     if created is not None:
         conn.execute(member_accounts.insert().values(member_id=cmd.member_id, last_activity_at=None))
+        emit(
+            conn,
+            "member.enrolled",
+            member_id=cmd.member_id,
+            payload={"enrolled_at": iso(cmd.enrolled_at or now), "channel": cmd.channel},
+            now=now,
+        )
+        tiers.on_enrolment(conn, cmd.member_id, programme=programme, now=now)
         awards = evaluate(programme, "account_opened", {"channel": cmd.channel})
         if awards:
-            ledger.accrue(
+            posted = ledger.accrue(
                 conn,
                 cmd.member_id,
                 awards,
@@ -59,11 +69,24 @@ def enrol(conn: Connection, cmd: Enrolment, *, programme: Programme, now: dt.dat
                 now=now,
                 programme_version=programme.version,
             )
-    return created is not None, member_view(conn, cmd.member_id, now=now)
+            emit(
+                conn,
+                "points.accrued",
+                member_id=cmd.member_id,
+                payload={
+                    "source": "account_opened",
+                    "entry_id": posted.entry_id,
+                    "points": posted.points,
+                    "balance": posted.balance_after,
+                    "rules": [a.rule_id for a in awards],
+                },
+                now=now,
+            )
+    return created is not None, member_view(conn, cmd.member_id, programme=programme, now=now)
 
 
-def member_view(conn: Connection, member_id: str, *, now: dt.datetime) -> dict[str, Any]:
-    """Balance, available and held points, points expiring soon, activity."""
+def member_view(conn: Connection, member_id: str, *, programme: Programme, now: dt.datetime) -> dict[str, Any]:
+    """Balance, available and held points, points expiring soon, activity, tier and lifecycle stage."""
     m, a = members.c, member_accounts.c
     row = conn.execute(
         sa.select(m.member_id, m.birth_date, m.enrolled_at, m.channel, a.balance, a.held, a.last_activity_at)
@@ -93,6 +116,7 @@ def member_view(conn: Connection, member_id: str, *, now: dt.datetime) -> dict[s
         "available": max(0, int(row.balance)),
         "expiring": [{"within_days": d, "points": int(getattr(expiring, f"d{d}"))} for d in EXPIRY_WINDOWS],
         "last_activity_at": iso(row.last_activity_at),
+        **tiers.tier_view(conn, member_id, programme=programme, now=now),
     }
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from loyalty.accrual.context import MemberHistory
 from loyalty.accrual.models import transactions
 from loyalty.ledger.models import point_lots
-from loyalty.members.models import members
+from loyalty.members.models import member_profiles, members
 from rules import Programme, evaluate
 
 FETCH = 5_000
@@ -56,8 +56,11 @@ def run(
             t.points,
             m.birth_date,
             m.enrolled_at,
+            m.tier,
+            member_profiles.c.products_held,
         )
         .join(members, m.member_id == t.member_id)
+        .outerjoin(member_profiles, member_profiles.c.member_id == t.member_id)
         .where(t.occurred_at < end)
         .order_by(t.member_id, t.occurred_at, t.transaction_id)
     )
@@ -70,7 +73,10 @@ def run(
     stream = conn.execution_options(stream_results=True, yield_per=FETCH).execute(query)
     for row in stream:
         if row.member_id != member_id:
-            member_id, state = row.member_id, MemberHistory(row.birth_date, row.enrolled_at)
+            member_id, state = (
+                row.member_id,
+                MemberHistory(row.birth_date, row.enrolled_at, row.tier, row.products_held),
+            )
         assert state is not None
         if row.occurred_at >= start:
             facts, used = state.facts(row, candidate)

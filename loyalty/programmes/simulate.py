@@ -40,14 +40,13 @@ def simulate(
     programme = service.draft(conn, version) if version else rt.programmes.at(moment)
     used = Usage()
     if member_id is not None:
-        facts.update(
-            member_context.lock_and_read(
-                conn, member_id, txn_type=facts.get("type", ""), moment=moment, programme=programme, lock=False
-            )
+        member, _state = member_context.lock_and_read(
+            conn, member_id, txn_type=facts.get("type", ""), moment=moment, programme=programme, lock=False
         )
+        facts.update(member)
         used = member_context.usage(conn, member_id, moment=moment, programme=programme)
     else:
-        facts.update(member_context.member_facts(None, moment, moment, programme.zone))
+        facts.update(member_context.member_facts(None, moment, moment, programme.zone, tier=programme.ladder.floor))
         facts.update(transactions_this_month=1, first_of_type=True, days_since_last_transaction=None)
     for name, value in (context or {}).items():
         if name not in VARIABLES or VARIABLES[name].source != "member":

@@ -1,0 +1,212 @@
+"""Tier criteria as SQL: the member metrics of :mod:`rules.tiers`, computed for many members in one query.
+
+:func:`metrics_query` gives one row per member with the metrics tier
+criteria test; :func:`criterion` turns a criterion into a boolean SQL
+expression over that row with the same meaning as
+:func:`rules.tiers.matches` (a test on a missing value is false, and there
+is no ``not``, so SQL's NULL logic agrees with Python's). A test proves the
+two agree on random members.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from loyalty.accrual.models import reversals, transactions
+from loyalty.ledger.models import point_lots
+from loyalty.members.models import member_profiles, members
+from rules.model import Condition
+from rules.tiers import Ladder, add_months
+
+
+@dataclass(frozen=True)
+class Window:
+    """The instants metrics are measured between, for one as-of moment."""
+
+    as_of: dt.datetime
+    #: the local date ages are computed on
+    local_day: dt.date
+    #: qualifying points earned after this count
+    qualifying_since: dt.datetime
+    #: transactions after this count as recent activity
+    activity_since: dt.datetime
+
+    @classmethod
+    def at(cls, ladder: Ladder, as_of: dt.datetime, zone: dt.tzinfo) -> Window:
+        return cls(
+            as_of=as_of,
+            local_day=as_of.astimezone(zone).date(),
+            qualifying_since=add_months(as_of, -ladder.qualifying_months),
+            activity_since=as_of - dt.timedelta(days=ladder.activity_days),
+        )
+
+
+def years_before(day: dt.date, years: int) -> dt.date:
+    """``day`` moved back whole years; 29 February becomes the 28th in a common year."""
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:
+        return day.replace(year=day.year - years, day=28)
+
+
+def metrics_query(ladder: Ladder, window: Window, members_filter: Any) -> sa.Subquery:
+    """One row per member matching ``members_filter`` (a condition on ``members``) with
+    its current tier state and every metric of :data:`rules.tiers.METRICS`."""
+    m, p, pl, r, t = members.c, member_profiles.c, point_lots.c, reversals.c, transactions.c
+    chosen = sa.select(m.member_id).where(members_filter)
+    earned = (
+        sa.select(pl.member_id, sa.func.sum(pl.original).label("points"))
+        .where(
+            pl.member_id.in_(chosen),
+            pl.qualifying.is_(True),
+            pl.earned_at > window.qualifying_since,
+            pl.earned_at <= window.as_of,
+        )
+        .group_by(pl.member_id)
+        .subquery("earned")
+    )
+    refunded = (
+        sa.select(r.member_id, sa.func.sum(r.qualifying_points).label("points"))
+        .where(
+            r.member_id.in_(chosen),
+            r.created_at > window.qualifying_since,
+            r.created_at <= window.as_of,
+        )
+        .group_by(r.member_id)
+        .subquery("refunded")
+    )
+    digital = sa.case((t.channel.in_(ladder.digital_channels), 1), else_=0)
+    activity = (
+        sa.select(
+            t.member_id,
+            sa.func.count().label("n"),
+            sa.func.sum(digital).label("digital"),
+        )
+        .where(t.member_id.in_(chosen), t.occurred_at > window.activity_since, t.occurred_at <= window.as_of)
+        .group_by(t.member_id)
+        .subquery("activity")
+    )
+    n = sa.func.coalesce(activity.c.n, 0)
+    products = sa.func.coalesce(p.products_held, "")
+    return (
+        sa.select(
+            m.member_id,
+            m.tier,
+            m.override_tier,
+            m.override_until,
+            m.birth_date,
+            sa.func.coalesce(p.aum, 0).label("aum"),
+            sa.func.coalesce(p.profit_contribution, 0).label("profit_contribution"),
+            (sa.func.coalesce(earned.c.points, 0) - sa.func.coalesce(refunded.c.points, 0)).label("qualifying_points"),
+            n.label("transactions_90d"),
+            sa.case((n == 0, sa.null()), else_=activity.c.digital * 100 / n).label("digital_share"),
+            products.label("products_held"),
+            sa.case(
+                (products == "", 0),
+                else_=sa.func.length(products) - sa.func.length(sa.func.replace(products, ",", "")) - 1,
+            ).label("product_count"),
+        )
+        .select_from(
+            members.outerjoin(member_profiles, p.member_id == m.member_id)
+            .outerjoin(earned, earned.c.member_id == m.member_id)
+            .outerjoin(refunded, refunded.c.member_id == m.member_id)
+            .outerjoin(activity, activity.c.member_id == m.member_id)
+        )
+        .where(members_filter)
+        .subquery("metrics")
+    )
+
+
+def criterion(c: Condition, row: Any, window: Window) -> sa.ColumnElement[bool]:
+    """``c`` as a boolean SQL expression over the columns of :func:`metrics_query`."""
+    if c.kind in ("all", "any"):
+        parts = [criterion(ch, row, window) for ch in c.children]
+        return sa.and_(*parts) if c.kind == "all" else sa.or_(*parts)
+    var, op, value = c.var or "", c.op, c.value
+    if var == "age":
+        return _age(op or "", value, row.birth_date, window.local_day)
+    if var == "products_held":  # contains
+        return row.products_held.like(f"%,{value},%")
+    col = row[var]
+    match op:
+        case "equals":
+            return col == value  # type: ignore[no-any-return]
+        case "not_equals":
+            return col != value  # type: ignore[no-any-return]
+        case "in":
+            return col.in_(value)  # type: ignore[no-any-return]
+        case "not_in":
+            return col.not_in(value)  # type: ignore[no-any-return]
+        case "gt":
+            return col > value  # type: ignore[no-any-return]
+        case "gte":
+            return col >= value  # type: ignore[no-any-return]
+        case "lt":
+            return col < value  # type: ignore[no-any-return]
+        case "lte":
+            return col <= value  # type: ignore[no-any-return]
+        case "between":
+            return col.between(value[0], value[1])  # type: ignore[no-any-return]
+    raise AssertionError(f"operator {op} is not allowed in tier criteria")
+
+
+def _age(op: str, value: Any, birth: Any, day: dt.date) -> sa.ColumnElement[bool]:
+    """A test on age as a test on the birth date: age >= n exactly when born on or before ``day`` less n years."""
+
+    def at_least(n: int) -> sa.ColumnElement[bool]:
+        return birth <= years_before(day, n)  # type: ignore[no-any-return]
+
+    def below(n: int) -> sa.ColumnElement[bool]:
+        return birth > years_before(day, n)  # type: ignore[no-any-return]
+
+    def exactly(n: int) -> sa.ColumnElement[bool]:
+        return sa.and_(at_least(n), below(n + 1))
+
+    match op:
+        case "gte":
+            return at_least(value)
+        case "gt":
+            return at_least(value + 1)
+        case "lt":
+            return below(value)
+        case "lte":
+            return below(value + 1)
+        case "between":
+            return sa.and_(at_least(value[0]), below(value[1] + 1))
+        case "equals":
+            return exactly(value)
+        case "not_equals":
+            return sa.or_(below(value), at_least(value + 1))
+        case "in":
+            return sa.or_(*[exactly(v) for v in value])
+        case "not_in":
+            return sa.and_(*[sa.or_(below(v), at_least(v + 1)) for v in value])
+    raise AssertionError(f"operator {op} is not allowed on age")
+
+
+def qualification(ladder: Ladder, row: Any, window: Window) -> tuple[sa.ColumnElement[int], sa.ColumnElement[str]]:
+    """The rank of the first tier each row qualifies for, and the criterion it met (as text)."""
+    from rules.tiers import describe
+
+    ranks, reasons = [], []
+    for t in ladder.tiers:
+        for alternative in t.alternatives:
+            test = criterion(alternative, row, window)
+            ranks.append((test, ladder.rank(t.code)))
+            reasons.append((test, describe(alternative)))
+    if not ranks:
+        return sa.literal(0), sa.literal("the floor tier")
+    return sa.case(*ranks, else_=0), sa.case(*reasons, else_="the floor tier")
+
+
+def rank_of(ladder: Ladder, column: Any) -> sa.ColumnElement[int]:
+    """A tier code column as its rank (unknown codes rank as the floor)."""
+    return sa.case({code: ladder.rank(code) for code in ladder.codes}, value=column, else_=0)
+
+
+def code_of(ladder: Ladder, rank: Any) -> sa.ColumnElement[str]:
+    return sa.case({ladder.rank(code): code for code in ladder.codes}, value=rank, else_=ladder.floor)
