@@ -98,3 +98,6 @@ class ContractClient:
 
     def put(self, path: str, **kwargs: Any) -> Any:
         return self.open("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.open("DELETE", path, **kwargs)

@@ -91,7 +91,9 @@ def visible(conn: Connection, after: tuple[int, int], types: Iterable[str] = (),
     q = sa.select(events)
     if is_postgres(conn):
         horizon = sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text), sa.BigInteger)
-        q = q.where(sa.tuple_(e.tx, e.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])), e.tx < horizon).order_by(e.tx, e.id)
+        q = q.where(
+            sa.tuple_(e.tx, e.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])), e.tx < horizon
+        ).order_by(e.tx, e.id)
     else:
         q = q.where(e.id > after[1]).order_by(e.id)
     types = list(types)
