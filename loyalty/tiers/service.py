@@ -19,6 +19,7 @@ metrics from :func:`loyalty.tiers.sql.metrics_query`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from loyalty.members.models import members
 from loyalty.tiers import sql as tsql
 from loyalty.tiers.models import lifecycle_changes, tier_changes
 from rules import Programme
-from rules.tiers import StageBounds, stage
+from rules.tiers import Ladder, StageBounds, stage
 
 #: How the set-based writer decides: ``event`` only upgrades, ``review`` also steps down.
 MODES = ("event", "review")
@@ -80,11 +81,30 @@ def new_change_id() -> str:
 # ---- one member -----------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=32)
+def _one_member(ladder: Ladder) -> sa.Select[Any]:
+    """The metrics query for one member, built once per ladder with bound parameters, so it
+    keeps its cache key and runs on every booking without being rebuilt or recompiled."""
+    stamp = UTCDateTime()
+    window = tsql.Window(
+        as_of=sa.bindparam("as_of", type_=stamp),  # type: ignore[arg-type]
+        local_day=dt.date.min,  # not used by the metrics themselves
+        qualifying_since=sa.bindparam("qualifying_since", type_=stamp),  # type: ignore[arg-type]
+        activity_since=sa.bindparam("activity_since", type_=stamp),  # type: ignore[arg-type]
+    )
+    return sa.select(tsql.metrics_query(ladder, window, members.c.member_id == sa.bindparam("member_id")))
+
+
 def metrics(conn: Connection, member_id: str, *, programme: Programme, now: dt.datetime) -> dict[str, Any]:
     """The member's tier metrics at ``now``, as :meth:`rules.tiers.Ladder.qualify` takes them."""
     window = tsql.Window.at(programme.ladder, now, programme.zone)
-    q = tsql.metrics_query(programme.ladder, window, members.c.member_id == member_id)
-    row = conn.execute(sa.select(q)).first()
+    params = {
+        "member_id": member_id,
+        "as_of": window.as_of,
+        "qualifying_since": window.qualifying_since,
+        "activity_since": window.activity_since,
+    }
+    row = conn.execute(_one_member(programme.ladder), params).first()
     if row is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
     return metrics_dict(row, window.local_day)
