@@ -139,7 +139,9 @@ CAPS = {
 
 
 def export() -> dict[str, Any]:
-    """The catalogue as JSON-ready data, for rule editors."""
+    """The catalogue as JSON-ready data, for rule editors (and the tier criteria's metrics)."""
+    from rules.tiers import export_metrics
+
     return {
         "events": EVENTS,
         "variables": [
@@ -153,4 +155,5 @@ def export() -> dict[str, Any]:
         "actions": ACTIONS,
         "rounding": list(ROUNDING),
         "caps": CAPS,
+        "tiers": export_metrics(),
     }
