@@ -99,7 +99,9 @@ def _member_query() -> sa.Select[Any]:
 
 
 MEMBER_FACTS = _member_query()
-MEMBER_FACTS_LOCKED = MEMBER_FACTS.with_for_update(of=member_accounts)
+#: Locks the member's account and member rows: the member row carries the tier and stage
+#: a concurrent review or lifecycle run may be changing.
+MEMBER_FACTS_LOCKED = MEMBER_FACTS.with_for_update(of=[member_accounts, members])
 
 
 def lock_and_read(

@@ -49,6 +49,12 @@ def ranges(rt: Runtime, where: Any, size: int = CHUNK) -> Iterator[Any]:
         last = hi
 
 
+def lock(conn: Any, chunk: Any) -> None:
+    """Lock the chunk's member rows in member id order, the order bookings and imports
+    lock them in, so a job and a booking never wait on each other in a cycle."""
+    conn.execute(sa.select(members.c.member_id).where(chunk).order_by(members.c.member_id).with_for_update())
+
+
 def quarter(as_of: dt.datetime, zone: dt.tzinfo) -> str:
     local = as_of.astimezone(zone)
     return f"{local.year}Q{(local.month - 1) // 3 + 1}"
@@ -69,6 +75,7 @@ def tier_review(rt: Runtime, as_of: dt.datetime) -> Outcome:
     reviewed = changed = 0
     for chunk in ranges(rt, pending):
         with transaction(rt.engine) as conn:
+            lock(conn, chunk)
             changed += apply_tiers(conn, chunk, mode="review", programme=programme, as_of=as_of, now=as_of)
             reviewed += conn.execute(members.update().where(chunk).values(tier_reviewed=period)).rowcount
     return Outcome(rows=changed, detail=f"{period}: {reviewed} members reviewed, {changed} changed tier")
@@ -80,6 +87,7 @@ def lifecycle(rt: Runtime, as_of: dt.datetime) -> Outcome:
     changed = 0
     for chunk in ranges(rt, sa.true()):
         with transaction(rt.engine) as conn:
+            lock(conn, chunk)
             changed += apply_stages(conn, chunk, programme=programme, as_of=as_of, now=as_of, source="job")
     return Outcome(rows=changed, detail=f"{changed} members changed stage")
 

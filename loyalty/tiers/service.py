@@ -203,7 +203,7 @@ def reassess(
         sa.select(*STATE_COLUMNS)
         .select_from(members.join(member_accounts, member_accounts.c.member_id == members.c.member_id))
         .where(members.c.member_id == member_id)
-        .with_for_update(of=member_accounts)
+        .with_for_update(of=[member_accounts, members])
     ).first()
     if row is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
@@ -300,7 +300,7 @@ def set_override(
         sa.select(*STATE_COLUMNS, members.c.override_reason)
         .select_from(members.join(member_accounts, member_accounts.c.member_id == members.c.member_id))
         .where(members.c.member_id == member_id)
-        .with_for_update(of=member_accounts)
+        .with_for_update(of=[member_accounts, members])
     ).first()
     if row is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
@@ -511,11 +511,16 @@ def apply_tiers(
         return 0
     s = scratch.c
     source = "event" if mode == "event" else "review"
+    stamp = sa.literal(now, UTCDateTime)
+    # Only where the tier is still the one decided from: a booking that moved the
+    # member meanwhile wins, and the decision is dropped with its history and event.
     conn.execute(
         members.update()
-        .where(m.member_id == s.member_id)
-        .values(tier=s.to_tier, tier_since=sa.literal(now, UTCDateTime))
+        .where(m.member_id == s.member_id, m.tier == s.from_tier)
+        .values(tier=s.to_tier, tier_since=stamp)
     )
+    applied = sa.exists().where(m.member_id == s.member_id, m.tier == s.to_tier, m.tier_since == stamp)
+    changed = changed - conn.execute(scratch.delete().where(sa.not_(applied))).rowcount
     conn.execute(
         tier_changes.insert().from_select(
             ["member_id", "id", "from_tier", "to_tier", "source", "reason", "programme_version", "changed_at"],
@@ -527,7 +532,7 @@ def apply_tiers(
                 sa.literal(source),
                 s.reason,
                 sa.literal(programme.version),
-                sa.literal(now, UTCDateTime),
+                stamp,
             ),
         )
     )
@@ -535,7 +540,7 @@ def apply_tiers(
     conn.execute(
         events.insert().from_select(
             ["type", "member_id", "payload", "occurred_at"],
-            sa.select(sa.literal("tier.changed"), s.member_id, payload, sa.literal(now, UTCDateTime)),
+            sa.select(sa.literal("tier.changed"), s.member_id, payload, stamp),
         )
     )
     return int(changed)
@@ -589,8 +594,12 @@ def apply_stages(
     s = scratch.c
     stamp = sa.literal(now, UTCDateTime)
     conn.execute(
-        members.update().where(m.member_id == s.member_id).values(lifecycle_stage=s.to_stage, lifecycle_since=stamp)
+        members.update()
+        .where(m.member_id == s.member_id, m.lifecycle_stage == s.from_stage)
+        .values(lifecycle_stage=s.to_stage, lifecycle_since=stamp)
     )
+    applied = sa.exists().where(m.member_id == s.member_id, m.lifecycle_stage == s.to_stage, m.lifecycle_since == stamp)
+    changed = changed - conn.execute(scratch.delete().where(sa.not_(applied))).rowcount
     conn.execute(
         lifecycle_changes.insert().from_select(
             ["member_id", "id", "from_stage", "to_stage", "source", "changed_at"],
