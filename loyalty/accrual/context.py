@@ -100,8 +100,11 @@ def _member_query() -> sa.Select[Any]:
 
 MEMBER_FACTS = _member_query()
 #: Locks the member's account and member rows: the member row carries the tier and stage
-#: a concurrent review or lifecycle run may be changing.
-MEMBER_FACTS_LOCKED = MEMBER_FACTS.with_for_update(of=[member_accounts, members])
+#: a concurrent review or lifecycle run may be changing. ``FOR NO KEY UPDATE``, the lock an
+#: ordinary UPDATE takes: it still lets other transactions insert rows that reference the
+#: member (their foreign-key checks take KEY SHARE), so a refund holding the account never
+#: waits on it.
+MEMBER_FACTS_LOCKED = MEMBER_FACTS.with_for_update(of=[member_accounts, members], key_share=True)
 
 
 def lock_and_read(

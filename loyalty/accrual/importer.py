@@ -256,7 +256,7 @@ def _lock_members(conn: Connection, member_ids: set[str]) -> dict[str, sa.Row[An
             .order_by(ma.member_id)
         )
         if is_postgres(conn):
-            q = q.with_for_update(of=[member_accounts, members])
+            q = q.with_for_update(of=[member_accounts, members], key_share=True)
         found.update((r.member_id, r) for r in conn.execute(q))
     return found
 

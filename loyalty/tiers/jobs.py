@@ -52,7 +52,9 @@ def ranges(rt: Runtime, where: Any, size: int = CHUNK) -> Iterator[Any]:
 def lock(conn: Any, chunk: Any) -> None:
     """Lock the chunk's member rows in member id order, the order bookings and imports
     lock them in, so a job and a booking never wait on each other in a cycle."""
-    conn.execute(sa.select(members.c.member_id).where(chunk).order_by(members.c.member_id).with_for_update())
+    conn.execute(
+        sa.select(members.c.member_id).where(chunk).order_by(members.c.member_id).with_for_update(key_share=True)
+    )
 
 
 def quarter(as_of: dt.datetime, zone: dt.tzinfo) -> str:

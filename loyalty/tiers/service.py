@@ -203,7 +203,7 @@ def reassess(
         sa.select(*STATE_COLUMNS)
         .select_from(members.join(member_accounts, member_accounts.c.member_id == members.c.member_id))
         .where(members.c.member_id == member_id)
-        .with_for_update(of=[member_accounts, members])
+        .with_for_update(of=[member_accounts, members], key_share=True)
     ).first()
     if row is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
@@ -300,7 +300,7 @@ def set_override(
         sa.select(*STATE_COLUMNS, members.c.override_reason)
         .select_from(members.join(member_accounts, member_accounts.c.member_id == members.c.member_id))
         .where(members.c.member_id == member_id)
-        .with_for_update(of=[member_accounts, members])
+        .with_for_update(of=[member_accounts, members], key_share=True)
     ).first()
     if row is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
