@@ -194,3 +194,22 @@ def import_transactions(file: Path, rejects: Path | None, chunk_size: int, progr
         f"posted {summary.posted}, replayed {summary.replayed}, rejected {summary.rejected}"
         + (f" (see {rejects})" if summary.rejected else "")
     )
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the scheduled jobs in the foreground while this process leads; otherwise stand by.
+
+    Run as many as you like against one database: one leads, the others take
+    over when it stops. SIGTERM or SIGINT lets running jobs finish, then exits.
+    """
+    import logging
+
+    from loyalty.jobs.scheduler import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s scheduler[%(process)d] %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        run(rt())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
