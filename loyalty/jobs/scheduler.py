@@ -168,7 +168,10 @@ def serve(rt: Runtime, stop: threading.Event) -> None:
             if leadership.acquire():
                 standing_by = False
                 log.info("leader: took %s; jobs start in %g s", leadership.where, 2 * interval)
-                lead(rt, leadership, stop)
+                try:
+                    lead(rt, leadership, stop)
+                except sa.exc.DBAPIError as exc:
+                    log.error("leader: the database failed (%s); giving up the lead", exc.orig)
                 leadership.release()
             else:
                 if not standing_by:
