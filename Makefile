@@ -18,11 +18,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-run: $(STAMP) ## migrate the database and serve the API on http://$(HOST):$(PORT)
+run: $(STAMP) ## migrate the database, start the scheduler and serve the API on http://$(HOST):$(PORT)
 	@mkdir -p var
 	$(BIN)/loyalty db upgrade
 	$(BIN)/loyalty rules install-default
 	@echo "demo API key (all scopes): $$($(BIN)/loyalty api-keys demo)"
+# The scheduler runs in the background for as long as gunicorn does.
+	$(BIN)/loyalty scheduler & scheduler=$$!; \
+	trap 'kill $$scheduler 2>/dev/null; wait $$scheduler' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --access-logfile - wsgi:app
 
 test: $(STAMP) ## run every test on SQLite and PostgreSQL

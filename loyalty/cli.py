@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import sys
 from pathlib import Path
 
@@ -194,3 +196,73 @@ def import_transactions(file: Path, rejects: Path | None, chunk_size: int, progr
         f"posted {summary.posted}, replayed {summary.replayed}, rejected {summary.rejected}"
         + (f" (see {rejects})" if summary.rejected else "")
     )
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the scheduled jobs in the foreground while this process leads; otherwise stand by.
+
+    Run as many as you like against one database: one leads, the others take
+    over when it stops. SIGTERM or SIGINT lets running jobs finish, then exits.
+    """
+    import logging
+
+    from loyalty.jobs.scheduler import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s scheduler[%(process)d] %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        run(rt())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group("jobs")
+def jobs_group() -> None:
+    """Scheduled jobs: list them, run one by hand."""
+
+
+@jobs_group.command("list")
+def jobs_list() -> None:
+    """Every job with its schedule (cron in the programme's time zone) and what it does."""
+    from loyalty.jobs import JOBS
+    from loyalty.jobs.scheduler import describe, programme_zone
+
+    zone = programme_zone(rt())
+    for job in JOBS.values():
+        click.echo(f"{job.name:<16} {describe(job, zone, rt().settings.job_intervals):<44} {job.description}")
+
+
+def _as_of(value: str) -> dt.datetime:
+    """``YYYY-MM-DD`` (midnight in the programme's time zone) or an ISO date-time with an offset."""
+    from loyalty.jobs.scheduler import programme_zone
+
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), tzinfo=programme_zone(rt()))
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD) or an ISO date-time with an offset", param_hint="--as-of"
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no offset; add one, e.g. +08:00 or Z", param_hint="--as-of")
+    return moment.astimezone(dt.UTC)
+
+
+@jobs_group.command("run")
+@click.argument("name")
+@click.option("--as-of", "as_of", help="Run as of this moment: YYYY-MM-DD (local midnight) or an ISO date-time.")
+def jobs_run(name: str, as_of: str | None) -> None:
+    """Run job NAME once, now, and print the run as JSON; exit 1 if it failed."""
+    import json
+
+    from loyalty.jobs import JOBS
+    from loyalty.jobs.runner import run_job
+
+    if name not in JOBS:
+        raise click.BadParameter(f"no job {name!r}; jobs: {', '.join(JOBS)}", param_hint="NAME")
+    record = run_job(rt(), name, _as_of(as_of) if as_of is not None else None)
+    click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+    if record["status"] != "succeeded":
+        sys.exit(1)

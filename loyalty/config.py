@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -24,10 +24,16 @@ class Settings:
     api_key_cache_seconds: int = 30
     #: what one point costs the bank, in fen, for liability figures
     point_value_fen: Decimal = Decimal("1")
+    #: how often a standby scheduler tries to take the lead, and the leader checks it still holds it
+    scheduler_standby_seconds: float = 5.0
+    #: jobs run every so many seconds instead of on their declared schedule (``webhooks=1``)
+    job_intervals: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.clawback_policy not in CLAWBACK_POLICIES:
             raise ValueError(f"LOYALTY_CLAWBACK_POLICY must be one of {', '.join(CLAWBACK_POLICIES)}")
+        if not self.scheduler_standby_seconds > 0:
+            raise ValueError("LOYALTY_SCHEDULER_STANDBY_SECONDS must be a positive number of seconds")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -43,5 +49,20 @@ class Settings:
             values["point_value_fen"] = Decimal(env["LOYALTY_POINT_VALUE_FEN"])
         if "LOYALTY_API_KEY_CACHE_SECONDS" in env:
             values["api_key_cache_seconds"] = int(env["LOYALTY_API_KEY_CACHE_SECONDS"])
+        if "LOYALTY_SCHEDULER_STANDBY_SECONDS" in env:
+            values["scheduler_standby_seconds"] = float(env["LOYALTY_SCHEDULER_STANDBY_SECONDS"])
+        if "LOYALTY_JOB_INTERVALS" in env:
+            values["job_intervals"] = parse_job_intervals(env["LOYALTY_JOB_INTERVALS"])
         values.update(overrides)
         return cls(**values)
+
+
+def parse_job_intervals(text: str) -> dict[str, int]:
+    """``webhooks=1,lifecycle=3600``: job name to interval in whole seconds (at least 1)."""
+    intervals: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, seconds = item.partition("=")
+        if not sep or not name.strip() or not seconds.strip().isdigit() or int(seconds) < 1:
+            raise ValueError(f"LOYALTY_JOB_INTERVALS: {item!r} is not NAME=SECONDS with SECONDS a whole number from 1")
+        intervals[name.strip()] = int(seconds)
+    return intervals

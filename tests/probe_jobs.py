@@ -1,0 +1,57 @@
+"""Jobs the tests register, and the ``loyalty`` command with them registered.
+
+``python -m tests.probe_jobs ARGS...`` is ``loyalty ARGS...`` with :data:`PROBES`
+added to ``JOBS``, so that tests run the real scheduler and ``jobs run`` in
+their own processes on jobs whose behaviour they know.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+from loyalty import Runtime
+from loyalty.jobs import Job, Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: How long a ``probe`` run takes: long enough that two runs at once would overlap visibly.
+PROBE_SECONDS = 0.3
+
+
+def probe(rt: Runtime, as_of: dt.datetime) -> Outcome:
+    time.sleep(PROBE_SECONDS)
+    return Outcome(rows=1, detail=f"probed as of {as_of.isoformat()}")
+
+
+def broken(rt: Runtime, as_of: dt.datetime) -> Outcome:
+    raise RuntimeError("the broken probe fails on purpose")
+
+
+PROBES = {
+    j.name: j
+    for j in [
+        Job("probe", "sleeps a moment and reports one row", "tests.probe_jobs:probe", {"trigger": "cron", "hour": 3}),
+        Job("broken", "always fails", "tests.probe_jobs:broken", {"trigger": "cron", "hour": 4, "minute": 30}),
+    ]
+}
+
+
+def environment(database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a ``loyalty`` process on ``database_url`` running this tree's code."""
+    return {
+        **os.environ,
+        "LOYALTY_DATABASE_URL": database_url,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **settings,
+    }
+
+
+if __name__ == "__main__":
+    from loyalty.cli import main
+    from loyalty.jobs import JOBS
+
+    JOBS.update(PROBES)
+    main(prog_name="loyalty")
