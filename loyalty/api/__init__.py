@@ -67,8 +67,9 @@ def json_body() -> Any:
         raise MalformedRequest(f"the body is not valid JSON: {exc}", field="body") from None
 
 
-def requires(scope: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-    """Require an API key (``Authorization: Bearer <key>``) that has ``scope``."""
+def requires(*scopes: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Require an API key (``Authorization: Bearer <key>``) that has one of ``scopes``."""
+    needed = " or ".join(repr(s) for s in scopes)
 
     def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
         @wraps(view)
@@ -80,8 +81,8 @@ def requires(scope: str) -> Callable[[Callable[..., Response]], Callable[..., Re
             key = current_app.extensions["loyalty_keys"].authenticate(token.strip())
             if key is None:
                 raise Unauthorized("the API key is unknown or revoked", field="Authorization")
-            if scope not in key.scopes:
-                raise Forbidden(f"this operation needs the {scope!r} scope", field="Authorization")
+            if key.scopes.isdisjoint(scopes):
+                raise Forbidden(f"this operation needs the {needed} scope", field="Authorization")
             g.api_key = key
             return view(*args, **kwargs)
 
