@@ -198,6 +198,30 @@ def import_transactions(file: Path, rejects: Path | None, chunk_size: int, progr
     )
 
 
+@main.command("import-profiles")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where rejected rows go (default FILE.rejects.csv).",
+)
+@click.option(
+    "--chunk-size", default=5000, show_default=True, type=click.IntRange(min=1), help="Rows per database transaction."
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def import_profiles(file: Path, rejects: Path | None, chunk_size: int, progress: bool) -> None:
+    """Load the bank's monthly asset snapshot FILE (CSV) into member profiles, idempotently."""
+    from loyalty.members.profile_import import import_file
+
+    rejects = rejects or file.with_name(file.name + ".rejects.csv")
+    summary = import_file(rt(), file, rejects_path=rejects, chunk_size=chunk_size, progress=progress)
+    click.echo(
+        f"read {summary.read}, upserted {summary.upserted}, unchanged {summary.unchanged}, "
+        f"skipped {summary.stale} older than stored, rejected {summary.rejected}"
+        + (f" (see {rejects})" if summary.rejected else "")
+    )
+
+
 @main.command()
 def scheduler() -> None:
     """Run the scheduled jobs in the foreground while this process leads; otherwise stand by.
