@@ -36,6 +36,7 @@ from loyalty import Runtime
 from loyalty.api.schemas import ID, load_profile
 from loyalty.db import is_postgres, transaction
 from loyalty.errors import LoyaltyError, ValidationError
+from loyalty.ledger.models import member_accounts
 from loyalty.members.models import member_profiles, members
 from loyalty.members.profiles import PROFILE_FIELDS, ProfileUpdate, column_values, local_today, profile_insert
 from loyalty.tiers.service import reassess_members
@@ -172,7 +173,7 @@ def _import_chunk(rt: Runtime, chunk: list[tuple[int, dict[str, str]]], summary:
         rows.append(_Row(line, member_id, cmd))
     counts = Counter[str]()
     with transaction(rt.engine) as conn:
-        enrolled = _enrolled(conn, {r.member_id for r in rows})
+        enrolled = _lock_members(conn, {r.member_id for r in rows})
         for r in rows:
             if r.member_id not in enrolled:
                 refused.append([r.line, r.member_id, f"member {r.member_id!r} is not enrolled"])
@@ -189,11 +190,21 @@ def _import_chunk(rt: Runtime, chunk: list[tuple[int, dict[str, str]]], summary:
     return sorted(refused, key=lambda r: int(r[0]))
 
 
-def _enrolled(conn: Connection, member_ids: set[str]) -> set[str]:
+def _lock_members(conn: Connection, member_ids: set[str]) -> set[str]:
+    """Lock the members' account and member rows in member id order, with the
+    lock and in the order bookings, imports and tier jobs take them, so none
+    waits on another in a cycle; returns the members that exist."""
+    m, ma = members.c, member_accounts.c
     ids = sorted(member_ids)
     found: set[str] = set()
     for i in range(0, len(ids), _BATCH):
-        q = sa.select(members.c.member_id).where(members.c.member_id.in_(ids[i : i + _BATCH]))
+        q = (
+            sa.select(m.member_id)
+            .join(member_accounts, ma.member_id == m.member_id)
+            .where(m.member_id.in_(ids[i : i + _BATCH]))
+            .order_by(m.member_id)
+            .with_for_update(of=[member_accounts, members], key_share=True)
+        )
         found.update(conn.execute(q).scalars())
     return found
 
@@ -244,11 +255,10 @@ def _store(conn: Connection, wave: list[_Row], now: dt.datetime, counts: Counter
             "as_of": r.cmd.as_of,
             "updated_at": now,
         }
-        # In member order, so concurrent imports lock profiles in the same order.
-        for r in sorted(wave, key=lambda r: r.member_id)
+        for r in wave
     ]
     written = set(conn.execute(_upsert(conn), params).scalars())
-    # Read after the upsert: its rows are locked now, so these are the values it compared against.
+    # The members are locked, so these are the values the upsert compared against.
     m, mp = members.c, member_profiles.c
     stored: dict[str, Any] = {}
     ids = [r.member_id for r in wave]

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from loyalty.db import is_postgres
 from loyalty.errors import Conflict, MemberNotFound
+from loyalty.ledger.models import member_accounts
 from loyalty.members.models import member_profiles, members
 from loyalty.members.service import iso
 from loyalty.tiers.service import reassess
@@ -105,7 +106,14 @@ def put_profile(
     qualifies them for a higher tier upgrades them at once. Returns the
     stored profile.
     """
-    if conn.execute(sa.select(members.c.member_id).where(members.c.member_id == member_id)).first() is None:
+    # Lock the member first, with the lock bookings and tier changes take, so none waits on another in a cycle.
+    locked = conn.execute(
+        sa.select(members.c.member_id)
+        .join(member_accounts, member_accounts.c.member_id == members.c.member_id)
+        .where(members.c.member_id == member_id)
+        .with_for_update(of=[member_accounts, members], key_share=True)
+    ).first()
+    if locked is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
     as_of = cmd.as_of or local_today(now, programme.zone)
     values = column_values(cmd.changes)
