@@ -129,6 +129,24 @@ def test_a_snapshot_is_stored(members, run_import, engine, tmp_path):
     assert products == {"m1": ",credit_card,deposit,wealth,", "m2": None, "m3": ",loan,"}
 
 
+def test_imported_assets_upgrade_members_at_once(members, run_import, engine, tmp_path):
+    path = write_csv(
+        tmp_path / "s.csv",
+        [
+            snapshot_row("m1", aum=200_000_000),  # 2,000,000 CNY: hnw
+            snapshot_row("m2", aum=5_000_000),  # 50,000 CNY: mass
+            snapshot_row("m3", aum=4_999_999),
+            snapshot_row("m4", profit_contribution=5_000_000),  # 50,000 CNY a year: hnw
+        ],
+    )
+    assert "upserted 4" in run_import(path, "--chunk-size", "3").output
+    with engine.connect() as conn:
+        tiers = dict(conn.execute(sa.text("SELECT member_id, tier FROM members WHERE member_id <= 'm4'")).all())
+        changes = conn.execute(sa.text("SELECT count(*) FROM tier_changes WHERE source = 'event'")).scalar_one()
+    assert tiers == {"m1": "hnw", "m2": "mass", "m3": "basic", "m4": "hnw"}
+    assert changes == 3
+
+
 def test_bad_rows_go_to_the_rejects_file_with_line_member_and_reason(members, run_import, engine, tmp_path):
     path = write_csv(
         tmp_path / "snapshot.csv",

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from loyalty.auth.service import parse_scopes
 from tests.conftest import make_key
 from tests.helpers import enrol
+from tests.test_concurrency import rt  # noqa: F401  (fixture)
 
 FULL = {
     "aum": 1_250_000_00,
@@ -240,3 +241,75 @@ def test_idempotency_key_replays_the_first_answer(client, clock, engine):
     assert (now["aum"], now["updated_at"]) == (1, "2026-06-15T10:00:00Z")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM idempotency_keys")).scalar_one() == 1
+
+
+def tier_of(engine: sa.Engine, member_id: str = "m1") -> str:
+    with engine.connect() as conn:
+        return str(
+            conn.execute(sa.text("SELECT tier FROM members WHERE member_id = :m"), {"m": member_id}).scalar_one()
+        )
+
+
+def test_a_profile_that_qualifies_the_member_upgrades_them_at_once(client, engine):
+    enrol(client)
+    assert put(client, {"aum": 4_999_999}).status_code == 200
+    assert tier_of(engine) == "basic"
+    assert put(client, {"aum": 5_000_000}).status_code == 200  # 50,000 CNY: mass
+    assert tier_of(engine) == "mass"
+    assert put(client, {"aum": 1, "profit_contribution": 5_000_000, "as_of": "2026-06-01"}).status_code == 409
+    assert tier_of(engine) == "mass"  # the refused update changed nothing
+    assert put(client, {"profit_contribution": 5_000_000}).status_code == 200  # 50,000 CNY a year: hnw
+    assert tier_of(engine) == "hnw"
+    with engine.connect() as conn:
+        changes = conn.execute(
+            sa.text("SELECT from_tier, to_tier, source FROM tier_changes WHERE source = 'event' ORDER BY changed_at")
+        ).all()
+    assert [tuple(c) for c in changes] == [("basic", "mass", "event"), ("mass", "hnw", "event")]
+
+
+@pytest.mark.postgres_only
+def test_profile_updates_and_imports_racing_bookings_neither_deadlock_nor_lose_writes(rt, tmp_path):  # noqa: F811
+    """Profile writers lock the member's rows in the order bookings do, so a birth
+    date update, an import and a booking of one member wait for each other in turn."""
+    from loyalty.db import transaction
+    from loyalty.members import profiles
+    from loyalty.members.profile_import import import_file
+    from tests.test_concurrency import assert_verified, book, race
+    from tests.test_concurrency import enrol as enrol_member
+
+    ids = [f"m{i}" for i in range(6)]
+    for m in ids:
+        enrol_member(rt, m)
+    snapshot = tmp_path / "snapshot.csv"
+    snapshot.write_text(
+        "member_id,as_of,aum,profit_contribution,products_held,birth_date,occupation,region,preferred_channel,"
+        "risk_profile\n"
+        + "".join(f"{m},2026-06-15,5000000,,deposit|fund,1990-01-0{i + 1},,,,\n" for i, m in enumerate(ids)),
+        encoding="utf-8",
+    )
+
+    def work(i: int) -> object:
+        if i == 0:
+            return import_file(rt, snapshot, rejects_path=tmp_path / "rejects.csv", chunk_size=2, progress=False)
+        for round_ in range(4):
+            for m in ids if i % 2 else reversed(ids):
+                if i < 4:
+                    with transaction(rt.engine) as conn:
+                        cmd = profiles.ProfileUpdate({"birth_date": dt.date(1985, 1, 1 + i), "region": f"r{i}"})
+                        profiles.put_profile(conn, m, cmd, programme=rt.programme, now=rt.now())
+                else:
+                    book(rt, f"t{i}-{round_}-{m}", 1_000, m)
+        return None
+
+    results = race(work, 8)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    summary = results[0]
+    assert (summary.read, summary.rejected) == (len(ids), 0)  # type: ignore[union-attr]
+    with rt.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT member_id, aum, as_of FROM member_profiles ORDER BY member_id")).all()
+        tiers = set(conn.execute(sa.text("SELECT tier FROM members")).scalars())
+        booked = conn.execute(sa.text("SELECT count(*) FROM transactions")).scalar_one()
+    assert [(m, aum, str(as_of)) for m, aum, as_of in rows] == [(m, 5_000_000, "2026-06-15") for m in ids]
+    assert tiers == {"mass"}
+    assert booked == 4 * 4 * len(ids)
+    assert_verified(rt)
