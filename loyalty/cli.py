@@ -48,7 +48,7 @@ def api_keys() -> None:
 
 @api_keys.command("create")
 @click.option("--name", required=True, help="Who the key is for, e.g. mobile-app.")
-@click.option("--scopes", required=True, help="Comma-separated: accrue, redeem, read, finance, admin.")
+@click.option("--scopes", required=True, help="Comma-separated: accrue, profile, redeem, read, finance, admin.")
 def api_keys_create(name: str, scopes: str) -> None:
     """Create a key; it is printed once, as the last line, and stored only hashed."""
     from loyalty.auth.service import create_key, parse_scopes

@@ -313,3 +313,17 @@ def test_profile_updates_and_imports_racing_bookings_neither_deadlock_nor_lose_w
     assert tiers == {"mass"}
     assert booked == 4 * 4 * len(ids)
     assert_verified(rt)
+
+
+def test_completing_the_profile_earns_the_programme_bonus_once(client):
+    enrol(client)
+    partial = {"birth_date": "1990-01-01", "occupation": "engineer", "region": "Shanghai"}
+    assert client.put("/v1/members/m1/profile", json=partial).status_code == 200
+    assert client.get("/v1/members/m1").get_json()["balance"] == 500
+    rest = {"preferred_channel": "app", "risk_profile": "balanced"}
+    assert client.put("/v1/members/m1/profile", json=rest).status_code == 200
+    assert client.get("/v1/members/m1").get_json()["balance"] == 600
+    assert client.put("/v1/members/m1/profile", json={"region": "Beijing"}).status_code == 200
+    assert client.get("/v1/members/m1").get_json()["balance"] == 600
+    entries = client.get("/v1/members/m1/entries").get_json()["entries"]
+    assert [e["source_ref"] for e in entries] == ["profile_completed", "account_opened"]

@@ -19,11 +19,13 @@ from sqlalchemy.engine import Connection
 
 from loyalty.db import is_postgres
 from loyalty.errors import Conflict, MemberNotFound
-from loyalty.ledger.models import member_accounts
+from loyalty.events.service import emit
+from loyalty.ledger import service as ledger
+from loyalty.ledger.models import journal_entries, member_accounts
 from loyalty.members.models import member_profiles, members
 from loyalty.members.service import iso
 from loyalty.tiers.service import reassess
-from rules import Programme
+from rules import Programme, evaluate
 
 #: The bank's product codes a member may hold.
 PRODUCTS = ("deposit", "wealth", "fund", "credit_card", "loan", "insurance", "mortgage", "pension")
@@ -136,7 +138,52 @@ def put_profile(
             sa.update(members).where(members.c.member_id == member_id).values(birth_date=cmd.changes["birth_date"])
         )
     reassess(conn, member_id, programme=programme, now=now, source="event")
-    return get_profile(conn, member_id)
+    profile = get_profile(conn, member_id)
+    if all(profile[name] is not None for name in COMPLETE_WHEN):
+        award_completion(conn, member_id, programme=programme, now=now)
+    return profile
+
+
+#: The fields the member provides; with all of them the profile is complete (the
+#: bank's own figures, assets and products, come from its systems, not the member).
+COMPLETE_WHEN = ("birth_date", "occupation", "region", "preferred_channel", "risk_profile")
+
+
+def award_completion(conn: Connection, member_id: str, *, programme: Programme, now: dt.datetime) -> None:
+    """Credit the programme's ``profile_completed`` awards, once per member ever."""
+    je = journal_entries.c
+    done = conn.execute(
+        sa.select(je.id).where(je.member_id == member_id, je.kind == "bonus", je.source_ref == "profile_completed")
+    ).first()
+    if done is not None:
+        return
+    awards = evaluate(programme, "profile_completed", {"occurred_at": now})
+    if not awards:
+        return
+    posted = ledger.accrue(
+        conn,
+        member_id,
+        awards,
+        kind="bonus",
+        source_ref="profile_completed",
+        earned_at=now,
+        expiry_months=programme.expiry_months,
+        now=now,
+        programme_version=programme.version,
+    )
+    emit(
+        conn,
+        "points.accrued",
+        member_id=member_id,
+        payload={
+            "source": "profile_completed",
+            "entry_id": posted.entry_id,
+            "points": posted.points,
+            "balance": posted.balance_after,
+            "rules": [a.rule_id for a in awards],
+        },
+        now=now,
+    )
 
 
 def get_profile(conn: Connection, member_id: str) -> dict[str, Any]:
