@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -65,13 +66,18 @@ def encode_cursor(tx: int | None, event_id: int) -> str:
     return f"{tx or 0}.{event_id}"
 
 
+#: Both halves of a cursor are ``bigint``s: at most 19 ASCII digits and below 2**63.
+CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
+MAX_BIGINT = 2**63 - 1
+
+
 def decode_cursor(text: str | None) -> tuple[int, int]:
     if not text:
         return 0, 0
-    tx, dot, event_id = text.partition(".")
-    if not dot or not tx.isdigit() or not event_id.isdigit():
+    match = CURSOR.fullmatch(text)
+    if match is None or max(int(match[1]), int(match[2])) > MAX_BIGINT:
         raise ValidationError.one("after", "is not a cursor this feed returned")
-    return int(tx), int(event_id)
+    return int(match[1]), int(match[2])
 
 
 def event_json(row: Any) -> dict[str, Any]:
@@ -85,14 +91,18 @@ def event_json(row: Any) -> dict[str, Any]:
     }
 
 
+def horizon() -> sa.ColumnElement[int]:
+    """PostgreSQL: the oldest transaction id still running; every event with a lower ``tx`` has ended."""
+    return sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text), sa.BigInteger)
+
+
 def visible(conn: Connection, after: tuple[int, int], types: Iterable[str] = (), limit: int = 100) -> list[Any]:
     """Events after ``after`` in commit order, only those no running transaction can still precede."""
     e = events.c
     q = sa.select(events)
     if is_postgres(conn):
-        horizon = sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text), sa.BigInteger)
         q = q.where(
-            sa.tuple_(e.tx, e.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])), e.tx < horizon
+            sa.tuple_(e.tx, e.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])), e.tx < horizon()
         ).order_by(e.tx, e.id)
     else:
         q = q.where(e.id > after[1]).order_by(e.id)
