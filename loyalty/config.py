@@ -10,6 +10,13 @@ from typing import Any
 from loyalty.ledger.service import CLAWBACK_POLICIES
 
 DEFAULT_DATABASE_URL = "sqlite:///var/loyalty.db"
+#: Integer webhook settings and the environment variables that set them.
+WEBHOOK_SETTINGS = {
+    "webhook_max_attempts": "LOYALTY_WEBHOOK_MAX_ATTEMPTS",
+    "webhook_timeout_seconds": "LOYALTY_WEBHOOK_TIMEOUT_SECONDS",
+    "webhook_backoff_seconds": "LOYALTY_WEBHOOK_BACKOFF_SECONDS",
+    "webhook_backoff_max_seconds": "LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS",
+}
 
 
 @dataclass(frozen=True)
@@ -28,12 +35,25 @@ class Settings:
     scheduler_standby_seconds: float = 5.0
     #: jobs run every so many seconds instead of on their declared schedule (``webhooks=1``)
     job_intervals: dict[str, int] = field(default_factory=dict)
+    #: a webhook delivery that has failed this many times is dead (dead-letter)
+    webhook_max_attempts: int = 8
+    #: seconds to wait for a webhook receiver's connection and each read of its answer
+    webhook_timeout_seconds: int = 5
+    #: the backoff before a webhook retry: a random delay up to base x 2^(failures - 1) ...
+    webhook_backoff_seconds: int = 30
+    #: ... and never more than this
+    webhook_backoff_max_seconds: int = 3600
 
     def __post_init__(self) -> None:
         if self.clawback_policy not in CLAWBACK_POLICIES:
             raise ValueError(f"LOYALTY_CLAWBACK_POLICY must be one of {', '.join(CLAWBACK_POLICIES)}")
         if not self.scheduler_standby_seconds > 0:
             raise ValueError("LOYALTY_SCHEDULER_STANDBY_SECONDS must be a positive number of seconds")
+        for name, env in WEBHOOK_SETTINGS.items():
+            if getattr(self, name) < 1:
+                raise ValueError(f"{env} must be a positive integer")
+        if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
+            raise ValueError("LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS must be at least LOYALTY_WEBHOOK_BACKOFF_SECONDS")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -53,6 +73,12 @@ class Settings:
             values["scheduler_standby_seconds"] = float(env["LOYALTY_SCHEDULER_STANDBY_SECONDS"])
         if "LOYALTY_JOB_INTERVALS" in env:
             values["job_intervals"] = parse_job_intervals(env["LOYALTY_JOB_INTERVALS"])
+        for name, var in WEBHOOK_SETTINGS.items():
+            if var in env:
+                try:
+                    values[name] = int(env[var])
+                except ValueError:
+                    raise ValueError(f"{var} must be an integer, not {env[var]!r}") from None
         values.update(overrides)
         return cls(**values)
 
