@@ -92,7 +92,7 @@ def event_json(row: Any) -> dict[str, Any]:
 
 
 def horizon() -> sa.ColumnElement[int]:
-    """PostgreSQL: the oldest transaction id still running; every event with a lower ``tx`` has ended."""
+    """PostgreSQL: the oldest transaction still running (or the next to start); every lower one has ended."""
     return sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text), sa.BigInteger)
 
 
@@ -110,6 +110,17 @@ def visible(conn: Connection, after: tuple[int, int], types: Iterable[str] = (),
     if types:
         q = q.where(e.type.in_(types))
     return list(conn.execute(q.limit(limit)))
+
+
+def end_of_feed(conn: Connection) -> tuple[int, int]:
+    """The position of the last event the feed shows now: a reader starting there sees only later ones."""
+    e = events.c
+    if is_postgres(conn):
+        q = sa.select(e.tx, e.id).where(e.tx < horizon()).order_by(e.tx.desc(), e.id.desc())
+    else:
+        q = sa.select(sa.literal(0), e.id).order_by(e.id.desc())
+    row = conn.execute(q.limit(1)).first()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def feed(conn: Connection, *, after: str | None, limit: int, types: Iterable[str] = ()) -> dict[str, Any]:

@@ -1,0 +1,715 @@
+"""Webhooks: subscriptions through the API, and the delivery job against a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from loyalty import Runtime
+from loyalty.config import Settings
+from loyalty.db import transaction
+from loyalty.events import webhooks
+from loyalty.events.models import events
+from loyalty.events.service import emit
+from loyalty.jobs import Outcome
+from loyalty.jobs.runner import run_job
+from tests.conftest import make_key
+from tests.test_events_feed import settle
+
+SECRET = "whsec-0123456789abcdef"  # noqa: S105  (a test secret)
+#: the senders' HTTP timeout in these tests, in seconds
+TIMEOUT = 1
+#: attempts before a delivery is dead in these tests
+ATTEMPTS = 4
+
+
+# --- a webhook receiver ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def event_id(self) -> str:
+        return self.headers["X-Loyalty-Event-Id"]
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records every request and answers as it is told.
+
+    It answers 200 unless ``script`` holds answers for the next requests (a
+    status, or ``"hang"``: nothing until well past the sender's timeout) or
+    ``by_event`` an answer for every request of one event id."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.script: list[int | str] = []
+        self.by_event: dict[str, int] = {}
+        #: seconds to wait before each answer
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                answer = receiver.answer(Received(self.path, dict(self.headers), body))
+                if answer == "hang":
+                    receiver.release.wait(TIMEOUT + 2)
+                    answer = 200
+                time.sleep(receiver.delay)
+                self.send_response(int(answer))
+                if 300 <= int(answer) < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the base class's name)
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A sender that gave up has closed its end: no fault of the receiver's.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/loyalty"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    def answer(self, request: Received) -> int | str:
+        with self.lock:
+            self.received.append(request)
+            if request.event_id in self.by_event:
+                return self.by_event[request.event_id]
+            return self.script.pop(0) if self.script else 200
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [r.event_id for r in self.received]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    yield r
+    r.release.set()
+    r.server.shutdown()
+    r.server.server_close()
+    r.thread.join(timeout=5)
+
+
+def tuned(runtime: Runtime, **settings: Any) -> Runtime:
+    """The runtime with other settings (same engine, programmes and clock)."""
+    return dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, **settings))
+
+
+@pytest.fixture
+def rt(runtime: Runtime) -> Runtime:
+    """The runtime the delivery job runs with: a short HTTP timeout, few attempts."""
+    return tuned(runtime, webhook_timeout_seconds=TIMEOUT, webhook_max_attempts=ATTEMPTS)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def subscribe(client: Any, url: str, **over: Any) -> dict[str, Any]:
+    r = client.post("/v1/webhooks", json={"url": url, "secret": SECRET, **over})
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()  # type: ignore[no-any-return]
+
+
+def event(rt: Runtime, type_: str = "points.accrued", member_id: str | None = "m1", **payload: Any) -> str:
+    """Emit one event now, in its own transaction; returns its id."""
+    with transaction(rt.engine) as conn:
+        emit(conn, type_, member_id=member_id, payload=payload or {"points": 100}, now=rt.now())
+        return str(conn.execute(sa.select(sa.func.max(events.c.id))).scalar_one())
+
+
+def run(rt: Runtime) -> dict[str, Any]:
+    """Run the webhooks job as the scheduler does, once every emitted event is in the feed."""
+    settle(rt.engine)
+    result = run_job(rt, "webhooks")
+    assert result["status"] == "succeeded", result
+    return result
+
+
+def deliveries(client: Any, subscription_id: str, query: str = "") -> list[dict[str, Any]]:
+    r = client.get(f"/v1/webhooks/{subscription_id}/deliveries{query}")
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()["deliveries"]  # type: ignore[no-any-return]
+
+
+def delivery(client: Any, subscription_id: str, event_id: str) -> dict[str, Any]:
+    return next(d for d in deliveries(client, subscription_id, "?limit=200") if d["event_id"] == event_id)
+
+
+def when(timestamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(timestamp)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, now: float, tolerance: int = 300) -> bool:
+    """The README's receiver-side check, with the time passed in."""
+    timestamp = headers["X-Loyalty-Timestamp"]
+    expected = "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return abs(now - int(timestamp)) <= tolerance and hmac.compare_digest(expected, headers["X-Loyalty-Signature"])
+
+
+def audit_lines(runtime: Runtime) -> list[Any]:
+    """The audit lines about webhooks, oldest first."""
+    with runtime.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(
+                    "SELECT actor, action, object_type, object_id, before, after FROM audit_log "
+                    "WHERE action LIKE 'webhook.%' ORDER BY id"
+                )
+            )
+        )
+
+
+def table_counts(runtime: Runtime) -> dict[str, int]:
+    tables = ("webhook_subscriptions", "webhook_deliveries", "audit_log", "idempotency_keys")
+    with runtime.engine.connect() as conn:
+        return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+
+
+# --- subscriptions through the API ---------------------------------------------------------------
+
+
+def test_a_subscription_is_created_listed_and_shown_without_its_secret(client, runtime, receiver):
+    sub = subscribe(client, receiver.url, event_types=["points.accrued", "tier.changed", "points.accrued"])
+    assert sub["url"] == receiver.url
+    assert sub["event_types"] == ["points.accrued", "tier.changed"]
+    assert sub["active"] is True
+    assert sub["secret_hint"] == "****cdef"  # noqa: S105  (its last four characters)
+    assert sub["created_by"] == "test"
+    assert sub["created_at"] == "2026-06-15T10:00:00Z"
+
+    listed = client.get("/v1/webhooks")
+    assert listed.status_code == 200
+    assert listed.get_json()["subscriptions"] == [sub]
+    shown = client.get(f"/v1/webhooks/{sub['subscription_id']}")
+    assert shown.status_code == 200
+    assert shown.get_json() == {**sub, "deliveries": {"pending": 0, "delivered": 0, "dead": 0}}
+    for response in (listed, shown):
+        assert SECRET not in response.get_data(as_text=True)
+
+    [line] = audit_lines(runtime)
+    assert (line.actor, line.action, line.object_type, line.object_id) == (
+        "test",
+        "webhook.created",
+        "webhook_subscription",
+        sub["subscription_id"],
+    )
+    assert json.loads(line.after)["url"] == receiver.url
+    assert SECRET not in line.after
+
+
+def test_an_idempotency_key_creates_one_subscription_and_stores_no_secret(client, runtime, receiver):
+    headers = {"Idempotency-Key": "create-hook-1"}
+    body = {"url": receiver.url, "secret": SECRET}
+    first = client.post("/v1/webhooks", json=body, headers=headers)
+    again = client.post("/v1/webhooks", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert table_counts(runtime)["webhook_subscriptions"] == 1
+    with runtime.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT response_body FROM idempotency_keys")).scalar_one()
+    assert SECRET not in stored
+
+
+def hook(**fields: Any) -> dict[str, Any]:
+    """A subscription request, valid unless ``fields`` say otherwise (None: leave the field out)."""
+    body = {"url": "https://example.com/hook", "secret": SECRET, **fields}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+BAD_SUBSCRIPTIONS = [
+    ("missing url", hook(url=None), "url"),
+    ("url not a string", hook(url=42), "url"),
+    ("ftp url", hook(url="ftp://example.com/hook"), "url"),
+    ("url without scheme", hook(url="example.com/hook"), "url"),
+    ("url without host", hook(url="https:///hook"), "url"),
+    ("url with credentials", hook(url="https://user:pw@example.com/hook"), "url"),
+    ("url with a space", hook(url="https://example.com/a hook"), "url"),
+    ("url not ASCII", hook(url="https://例子.测试/hook"), "url"),
+    ("url with a bad port", hook(url="https://example.com:99999/hook"), "url"),
+    ("url too long", hook(url="https://example.com/" + "a" * 1981), "url"),
+    ("missing secret", hook(secret=None), "secret"),
+    ("secret of 15 characters", hook(secret="s" * 15), "secret"),
+    ("secret of 201 characters", hook(secret="s" * 201), "secret"),
+    ("secret not a string", hook(secret=1234567890123456789), "secret"),
+    ("unknown event type", hook(event_types=["points.accrued", "x.y"]), "event_types.1"),
+    ("event_types not a list", hook(event_types="points.accrued"), "event_types"),
+    ("event_types null", {**hook(), "event_types": None}, "event_types"),
+    ("unknown field", hook(active=False), "active"),
+    ("not an object", ["https://example.com/hook"], "body"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "field"), BAD_SUBSCRIPTIONS, ids=[c[0] for c in BAD_SUBSCRIPTIONS])
+def test_a_bad_subscription_is_refused_naming_the_field_and_writes_nothing(client, runtime, case, body, field):
+    before = table_counts(runtime)
+    r = client.post("/v1/webhooks", json=body)
+    assert r.status_code == 422
+    assert r.content_type == "application/problem+json"
+    assert r.get_json()["field"] == field
+    assert table_counts(runtime) == before
+
+
+def test_the_longest_url_is_accepted(client):
+    url = "https://example.com/" + "a" * 1980
+    assert len(url) == 2000
+    assert subscribe(client, url)["url"] == url
+
+
+def test_webhook_endpoints_need_the_admin_scope(client, runtime, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    reader = make_key(runtime, "read", "accrue")
+    calls = [
+        ("GET", "/v1/webhooks", None),
+        ("POST", "/v1/webhooks", {"url": receiver.url, "secret": SECRET}),
+        ("GET", f"/v1/webhooks/{sub}", None),
+        ("DELETE", f"/v1/webhooks/{sub}", None),
+        ("GET", f"/v1/webhooks/{sub}/deliveries", None),
+        ("POST", f"/v1/webhooks/{sub}/deliveries/1/redeliver", None),
+    ]
+    before = table_counts(runtime)
+    for method, path, body in calls:
+        assert client.open(method, path, json=body, key=None).status_code == 401, path
+        assert client.open(method, path, json=body, key=reader).status_code == 403, path
+    assert table_counts(runtime) == before
+    assert client.get(f"/v1/webhooks/{sub}").get_json()["active"] is True
+
+
+def test_unknown_subscriptions_and_deliveries_are_not_found(client, rt, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    for method, path in [
+        ("GET", "/v1/webhooks/nope"),
+        ("DELETE", "/v1/webhooks/nope"),
+        ("GET", "/v1/webhooks/nope/deliveries"),
+        ("POST", "/v1/webhooks/nope/deliveries/1/redeliver"),
+    ]:
+        r = client.open(method, path)
+        assert r.status_code == 404, path
+        assert r.get_json()["field"] == "subscription_id"
+    for event_id in ("1", "abc", "99999999999999999999", "9223372036854775808"):
+        r = client.post(f"/v1/webhooks/{sub}/deliveries/{event_id}/redeliver")
+        assert r.status_code == 404, event_id
+        assert r.get_json()["field"] == "event_id"
+
+
+def test_deactivating_stops_deliveries_and_keeps_the_history(client, rt, clock, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    first = event(rt)
+    receiver.by_event[first] = 500
+    run(rt)
+    assert receiver.ids() == [first]
+
+    r = client.open("DELETE", f"/v1/webhooks/{sub}")
+    assert r.status_code == 200
+    assert r.get_json()["active"] is False
+    assert r.get_json()["deliveries"] == {"pending": 1, "delivered": 0, "dead": 0}
+    assert client.open("DELETE", f"/v1/webhooks/{sub}").status_code == 200  # again: no change
+
+    receiver.by_event.clear()
+    event(rt)
+    clock.advance(days=1)
+    run(rt)
+    assert receiver.ids() == [first]  # neither the pending delivery nor the new event
+    assert [d["event_id"] for d in deliveries(client, sub)] == [first]
+    assert client.get("/v1/webhooks").get_json()["subscriptions"][0]["active"] is False
+
+    refused = client.post(f"/v1/webhooks/{sub}/deliveries/{first}/redeliver")
+    assert refused.status_code == 409
+    assert refused.get_json()["field"] == "subscription_id"
+    deactivations = [line for line in audit_lines(rt) if line.action == "webhook.deactivated"]
+    assert len(deactivations) == 1
+    assert json.loads(deactivations[0].before)["active"] is True
+    assert json.loads(deactivations[0].after)["active"] is False
+
+
+def test_deliveries_page_newest_first_and_filter_by_status(client, rt, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    ids = [event(rt, member_id=f"m{i}") for i in range(5)]
+    receiver.by_event[ids[1]] = 500
+    receiver.by_event[ids[3]] = 500
+    run(rt)
+
+    r = client.get(f"/v1/webhooks/{sub}/deliveries?limit=2").get_json()
+    seen = [d["event_id"] for d in r["deliveries"]]
+    while r["next_cursor"]:
+        r = client.get(f"/v1/webhooks/{sub}/deliveries?limit=2&cursor={r['next_cursor']}").get_json()
+        seen += [d["event_id"] for d in r["deliveries"]]
+    assert seen == ids[::-1]
+    assert [d["event_id"] for d in deliveries(client, sub, "?status=pending")] == [ids[3], ids[1]]
+    assert [d["event_id"] for d in deliveries(client, sub, "?status=delivered")] == [ids[4], ids[2], ids[0]]
+    assert deliveries(client, sub, "?status=dead") == []
+    assert client.get(f"/v1/webhooks/{sub}").get_json()["deliveries"] == {"pending": 2, "delivered": 3, "dead": 0}
+    for query, field in [
+        ("?status=lost", "status"),
+        ("?limit=0", "limit"),
+        ("?limit=201", "limit"),
+        ("?cursor=x", "cursor"),
+    ]:
+        bad = client.get(f"/v1/webhooks/{sub}/deliveries{query}")
+        assert bad.status_code == 422, query
+        assert bad.get_json()["field"] == field
+
+
+# --- delivery ------------------------------------------------------------------------------------
+
+
+def test_a_delivery_is_the_feed_event_signed_with_the_secret(client, rt, clock, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    event_id = event(rt, member_id="m1", points=120)
+    result = run(rt)
+    assert (result["rows"], result["errors"]) == (2, 0)  # one queued, one delivered
+    assert result["detail"].startswith("1 queued, 1 delivered")
+
+    [request] = receiver.received
+    headers = request.headers
+    assert request.path == "/hooks/loyalty"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Loyalty-Event-Id"] == event_id
+    assert headers["X-Loyalty-Event-Type"] == "points.accrued"
+    assert headers["X-Loyalty-Timestamp"] == str(int(clock().timestamp()))
+    [in_feed] = client.get("/v1/events").get_json()["events"]
+    assert json.loads(request.body) == in_feed
+    assert in_feed["event_id"] == event_id
+    assert in_feed["data"] == {"points": 120}
+
+    now = clock().timestamp()
+    assert verify(SECRET, headers, request.body, now)
+    assert not verify("another-secret-0123456789", headers, request.body, now)
+    assert not verify(SECRET, headers, request.body.replace(b"120", b"999"), now)
+    assert not verify(SECRET, {**headers, "X-Loyalty-Timestamp": str(int(now) + 1)}, request.body, now)
+    assert not verify(SECRET, headers, request.body, now + 301)  # a replay after the tolerance
+
+    assert delivery(client, sub, event_id) == {
+        "subscription_id": sub,
+        "event_id": event_id,
+        "event_type": "points.accrued",
+        "member_id": "m1",
+        "status": "delivered",
+        "attempts": 1,
+        "next_attempt_at": None,
+        "last_status": 200,
+        "last_error": None,
+        "delivered_at": iso(clock()),
+        "created_at": iso(clock()),
+    }
+    clock.advance(days=1)
+    assert run(rt)["rows"] == 0
+    assert receiver.ids() == [event_id]  # a 2xx is final
+
+
+def test_a_new_subscription_receives_events_from_its_creation_on(client, rt, receiver):
+    event(rt, member_id="before")
+    settle(rt.engine)
+    end = client.get("/v1/events").get_json()["next_cursor"]
+    sub = subscribe(client, receiver.url)
+    assert sub["cursor"] == end
+    later = event(rt, member_id="after")
+    run(rt)
+    assert receiver.ids() == [later]
+
+
+def test_only_the_subscribed_types_are_delivered(client, rt, receiver):
+    sub = subscribe(client, receiver.url, event_types=["points.accrued", "tier.changed"])["subscription_id"]
+    event(rt, "member.enrolled")
+    accrued = event(rt, "points.accrued")
+    event(rt, "member.birthday")
+    tier = event(rt, "tier.changed")
+    event(rt, "lifecycle.changed")
+    run(rt)
+    assert receiver.ids() == [accrued, tier] or receiver.ids() == [tier, accrued]
+    assert {r.headers["X-Loyalty-Event-Type"] for r in receiver.received} == {"points.accrued", "tier.changed"}
+    assert {d["event_id"] for d in deliveries(client, sub)} == {accrued, tier}
+    # The cursor moved past the events it does not want too.
+    assert client.get(f"/v1/webhooks/{sub}").get_json()["cursor"] == client.get("/v1/events").get_json()["next_cursor"]
+
+
+def test_fan_out_goes_in_chunks_one_transaction_each(client, rt, receiver, monkeypatch):
+    monkeypatch.setattr(webhooks, "FANOUT_CHUNK", 2)
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    ids = [event(rt, member_id=f"m{i}") for i in range(5)]
+    assert run(rt)["detail"].startswith("5 queued, 5 delivered")
+    assert sorted(receiver.ids(), key=int) == ids
+    assert client.get(f"/v1/webhooks/{sub}").get_json()["cursor"] == client.get("/v1/events").get_json()["next_cursor"]
+
+
+def test_failures_are_retried_after_an_exponential_backoff(client, rt, clock, receiver, caplog):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    event_id = event(rt)
+    receiver.script = [500, 503]
+    start = clock()
+
+    result = run(rt)
+    assert (result["rows"], result["errors"]) == (2, 1)
+    first = delivery(client, sub, event_id)
+    assert (first["status"], first["attempts"], first["last_status"], first["last_error"]) == (
+        "pending",
+        1,
+        500,
+        "HTTP 500",
+    )
+    due = when(first["next_attempt_at"])
+    assert start < due <= start + dt.timedelta(seconds=30)
+
+    run(rt)  # not due yet
+    assert len(receiver.received) == 1
+    clock.now = due
+    run(rt)
+    second = delivery(client, sub, event_id)
+    assert (second["status"], second["attempts"], second["last_status"]) == ("pending", 2, 503)
+    again = when(second["next_attempt_at"])
+    assert due < again <= due + dt.timedelta(seconds=60)
+
+    clock.now = again - dt.timedelta(microseconds=1)
+    run(rt)
+    assert len(receiver.received) == 2
+    clock.now = again
+    run(rt)
+    third = delivery(client, sub, event_id)
+    assert (third["status"], third["attempts"], third["last_status"], third["last_error"]) == (
+        "delivered",
+        3,
+        200,
+        None,
+    )
+    assert receiver.ids() == [event_id] * 3
+
+    failures = [r for r in caplog.records if r.name == "loyalty.events.webhooks"]
+    assert len(failures) == 2
+    assert all(sub in r.getMessage() and event_id in r.getMessage() for r in failures)
+    assert SECRET not in caplog.text
+
+
+def test_a_delivery_is_dead_after_the_last_attempt(client, rt, clock, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    event_id = event(rt)
+    receiver.by_event[event_id] = 500
+    for attempt in range(1, ATTEMPTS + 1):
+        assert run(rt)["errors"] == 1
+        current = delivery(client, sub, event_id)
+        assert current["attempts"] == attempt
+        if attempt < ATTEMPTS:
+            assert current["status"] == "pending"
+            clock.now = when(current["next_attempt_at"])
+    assert (current["status"], current["last_status"], current["next_attempt_at"]) == ("dead", 500, None)
+    assert client.get(f"/v1/webhooks/{sub}").get_json()["deliveries"] == {"pending": 0, "delivered": 0, "dead": 1}
+
+    clock.advance(days=30)
+    assert run(rt)["rows"] == 0
+    assert receiver.ids() == [event_id] * ATTEMPTS
+
+
+def test_a_timeout_is_a_failure_and_the_retry_carries_the_same_event_id(client, rt, clock, receiver):
+    """At least once: the receiver got the event but the answer came too late, so it gets it again
+    and deduplicates on X-Loyalty-Event-Id."""
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    event_id = event(rt)
+    receiver.script = ["hang"]
+    started = time.monotonic()
+    run(rt)
+    assert time.monotonic() - started >= TIMEOUT
+    first = delivery(client, sub, event_id)
+    assert (first["status"], first["attempts"], first["last_status"]) == ("pending", 1, None)
+    assert first["last_error"] == f"no answer within {TIMEOUT} s"
+
+    clock.now = when(first["next_attempt_at"])
+    run(rt)
+    assert delivery(client, sub, event_id)["status"] == "delivered"
+    assert receiver.ids() == [event_id, event_id]
+    assert receiver.received[0].body == receiver.received[1].body
+    assert len({r.event_id for r in receiver.received}) == 1
+    assert all(verify(SECRET, r.headers, r.body, clock().timestamp()) for r in receiver.received)
+
+
+def test_a_refused_connection_is_a_failure(client, rt):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sub = subscribe(client, f"http://127.0.0.1:{port}/hook")["subscription_id"]
+    event_id = event(rt)
+    assert run(rt)["errors"] == 1
+    failed = delivery(client, sub, event_id)
+    assert (failed["status"], failed["attempts"], failed["last_status"]) == ("pending", 1, None)
+    assert failed["last_error"].startswith("connection failed")
+
+
+def test_a_redirect_is_not_followed_and_is_a_failure(client, rt, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    event_id = event(rt)
+    receiver.script = [302]
+    run(rt)
+    assert [r.path for r in receiver.received] == ["/hooks/loyalty"]
+    failed = delivery(client, sub, event_id)
+    assert (failed["status"], failed["last_status"], failed["last_error"]) == ("pending", 302, "HTTP 302")
+
+
+def test_redelivery_by_hand_sends_a_dead_or_delivered_delivery_again(client, runtime, clock, receiver):
+    rt = tuned(runtime, webhook_timeout_seconds=TIMEOUT, webhook_max_attempts=1)
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    event_id = event(rt)
+    receiver.by_event[event_id] = 500
+    run(rt)
+    assert delivery(client, sub, event_id)["status"] == "dead"
+
+    receiver.by_event.clear()
+    clock.advance(hours=1)
+    r = client.post(f"/v1/webhooks/{sub}/deliveries/{event_id}/redeliver")
+    assert r.status_code == 200
+    pending = r.get_json()
+    assert (pending["status"], pending["attempts"], pending["next_attempt_at"], pending["delivered_at"]) == (
+        "pending",
+        0,
+        iso(clock()),
+        None,
+    )
+    run(rt)
+    assert delivery(client, sub, event_id)["status"] == "delivered"
+
+    assert client.post(f"/v1/webhooks/{sub}/deliveries/{event_id}/redeliver").get_json()["status"] == "pending"
+    run(rt)
+    done = delivery(client, sub, event_id)
+    assert (done["status"], done["attempts"], done["delivered_at"]) == ("delivered", 1, iso(clock()))
+    assert receiver.ids() == [event_id] * 3
+
+    lines = [line for line in audit_lines(rt) if line.action == "webhook.redelivery_requested"]
+    assert [(line.actor, line.object_id) for line in lines] == [("test", f"{sub}:{event_id}")] * 2
+    assert [json.loads(line.before)["status"] for line in lines] == ["dead", "delivered"]
+
+
+def test_a_members_next_event_waits_while_an_earlier_one_is_failing(client, rt, clock, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    a1 = event(rt, member_id="A")
+    b1 = event(rt, member_id="B")
+    a2 = event(rt, member_id="A")
+    receiver.by_event[a1] = 500
+
+    run(rt)
+    assert sorted(receiver.ids()) == sorted([a1, b1])  # B's goes; A's second waits
+    assert delivery(client, sub, a2)["attempts"] == 0
+    clock.now = when(delivery(client, sub, a1)["next_attempt_at"])
+    run(rt)
+    assert receiver.ids()[2:] == [a1]
+
+    del receiver.by_event[a1]
+    clock.now = when(delivery(client, sub, a1)["next_attempt_at"])
+    run(rt)  # A's first, then in the same run its second
+    assert receiver.ids()[3:] == [a1, a2]
+    assert [delivery(client, sub, i)["status"] for i in (a1, b1, a2)] == ["delivered"] * 3
+
+
+def test_a_dead_delivery_no_longer_holds_back_the_members_next_event(client, runtime, receiver):
+    rt = tuned(runtime, webhook_timeout_seconds=TIMEOUT, webhook_max_attempts=1)
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    a1 = event(rt, member_id="A")
+    a2 = event(rt, member_id="A")
+    receiver.by_event[a1] = 500
+    run(rt)
+    assert receiver.ids() == [a1, a2]
+    assert [delivery(client, sub, i)["status"] for i in (a1, a2)] == ["dead", "delivered"]
+
+
+def test_overlapping_runs_send_each_delivery_once(client, rt, clock, receiver, monkeypatch):
+    """Four runs at once, fanning out in small chunks: each event is queued once and sent once,
+    each member's in order."""
+    monkeypatch.setattr(webhooks, "FANOUT_CHUNK", 4)
+    subscribe(client, receiver.url)
+    members = [f"m{i}" for i in range(8)]
+    with transaction(rt.engine) as conn:
+        for n in range(5):
+            for member in members:
+                emit(conn, "points.accrued", member_id=member, payload={"n": n}, now=clock())
+    settle(rt.engine)
+    receiver.delay = 0.01
+    barrier = threading.Barrier(4)
+
+    def one_run(_: int) -> Outcome:
+        barrier.wait(timeout=10)
+        return webhooks.deliver(rt, clock())
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(one_run, range(4)))
+
+    ids = receiver.ids()
+    assert len(ids) == len(set(ids)) == 40
+    assert sum(o.rows for o in outcomes) == 80  # 40 queued and 40 delivered, between them
+    assert sum(o.errors for o in outcomes) == 0
+    with rt.engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT status, count(*) FROM webhook_deliveries GROUP BY status")).all()
+    assert [tuple(s) for s in statuses] == [("delivered", 40)]
+    by_member: dict[str, list[int]] = {}
+    for r in receiver.received:
+        body = json.loads(r.body)
+        by_member.setdefault(body["member_id"], []).append(body["data"]["n"])
+    assert by_member == {m: [0, 1, 2, 3, 4] for m in members}
+
+
+# --- settings and backoff ------------------------------------------------------------------------
+
+
+def test_webhook_settings_come_from_the_environment_as_integers():
+    defaults = Settings()
+    assert (
+        defaults.webhook_max_attempts,
+        defaults.webhook_timeout_seconds,
+        defaults.webhook_backoff_seconds,
+        defaults.webhook_backoff_max_seconds,
+    ) == (8, 5, 30, 3600)
+    s = Settings.from_env(
+        {
+            "LOYALTY_WEBHOOK_MAX_ATTEMPTS": "3",
+            "LOYALTY_WEBHOOK_TIMEOUT_SECONDS": "2",
+            "LOYALTY_WEBHOOK_BACKOFF_SECONDS": "10",
+            "LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS": "600",
+        }
+    )
+    assert (s.webhook_max_attempts, s.webhook_timeout_seconds, s.webhook_backoff_seconds) == (3, 2, 10)
+    assert s.webhook_backoff_max_seconds == 600
+    for env, match in [
+        ({"LOYALTY_WEBHOOK_TIMEOUT_SECONDS": "2.5"}, "LOYALTY_WEBHOOK_TIMEOUT_SECONDS must be an integer"),
+        ({"LOYALTY_WEBHOOK_MAX_ATTEMPTS": "many"}, "LOYALTY_WEBHOOK_MAX_ATTEMPTS must be an integer"),
+        ({"LOYALTY_WEBHOOK_MAX_ATTEMPTS": "0"}, "LOYALTY_WEBHOOK_MAX_ATTEMPTS must be a positive"),
+        ({"LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS": "10"}, "LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS must be at least"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Settings.from_env(env)
+
+
+def test_backoff_is_full_jitter_doubling_up_to_the_cap():
+    settings = Settings(webhook_backoff_seconds=30, webhook_backoff_max_seconds=3600)
+    for failures, ceiling in [(1, 30), (2, 60), (3, 120), (7, 1920), (8, 3600), (40, 3600)]:
+        delays = [webhooks.backoff(failures, settings).total_seconds() for _ in range(300)]
+        assert all(0 < x <= ceiling for x in delays), failures
+        assert min(delays) < ceiling * 0.2 and max(delays) > ceiling * 0.8, failures
