@@ -28,6 +28,7 @@ from loyalty.events.service import emit
 from loyalty.jobs import Outcome
 from loyalty.jobs.runner import run_job
 from tests.conftest import make_key
+from tests.helpers import enrol, txn
 from tests.test_events_feed import settle
 
 SECRET = "whsec-0123456789abcdef"  # noqa: S105  (a test secret)
@@ -429,6 +430,26 @@ def test_a_delivery_is_the_feed_event_signed_with_the_secret(client, rt, clock, 
     clock.advance(days=1)
     assert run(rt)["rows"] == 0
     assert receiver.ids() == [event_id]  # a 2xx is final
+
+
+def test_a_members_events_from_the_api_arrive_in_feed_order(client, rt, receiver):
+    subscribe(client, receiver.url)
+    enrol(client, "C0001")
+    enrol(client, "C0002")
+    for i in range(3):
+        r = client.post("/v1/transactions", json=txn(f"T{i}", "C0001", amount=10_000 * (i + 1)))
+        assert r.status_code == 201, r.get_json()
+    run(rt)
+
+    feed = client.get("/v1/events?limit=500").get_json()["events"]
+    assert {"member.enrolled", "points.accrued"} <= {e["type"] for e in feed}
+    with receiver.lock:
+        received = list(receiver.received)
+    assert sorted(r.event_id for r in received) == sorted(e["event_id"] for e in feed)
+    for member in ("C0001", "C0002"):
+        in_feed = [e["event_id"] for e in feed if e["member_id"] == member]
+        assert [r.event_id for r in received if json.loads(r.body)["member_id"] == member] == in_feed
+    assert all(verify(SECRET, r.headers, r.body, rt.now().timestamp()) for r in received)
 
 
 def test_a_new_subscription_receives_events_from_its_creation_on(client, rt, receiver):
