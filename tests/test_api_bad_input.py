@@ -202,3 +202,11 @@ def test_server_error_does_not_leak_the_exception(app, client, monkeypatch):
     assert r.status_code == 500
     assert r.content_type == "application/problem+json"
     assert "secret" not in r.get_data(as_text=True)
+
+
+def test_a_limit_in_unicode_digits_is_a_422_not_a_500(client):
+    enrol(client)
+    for raw in ("²", "٣", "1" * 30):
+        r = client.get(f"/v1/members/m1/entries?limit={raw}")
+        assert r.status_code == 422, raw
+        assert r.get_json()["field"] == "limit"

@@ -4,7 +4,7 @@ An event row is inserted in the same database transaction as its change, so
 a change that rolls back leaves no event and an event always describes a
 change that happened.
 
-The feed is read in commit order. On PostgreSQL each event carries the id of
+The feed is read in transaction order. On PostgreSQL each event carries the id of
 the transaction that wrote it (``tx``), and a reader only sees events whose
 transaction is older than every transaction still running
 (``pg_snapshot_xmin``): an event committed late by a long transaction can
@@ -97,7 +97,7 @@ def horizon() -> sa.ColumnElement[int]:
 
 
 def visible(conn: Connection, after: tuple[int, int], types: Iterable[str] = (), limit: int = 100) -> list[Any]:
-    """Events after ``after`` in commit order, only those no running transaction can still precede."""
+    """Events after ``after`` in transaction order, only those no running transaction can still precede."""
     e = events.c
     q = sa.select(events)
     if is_postgres(conn):
