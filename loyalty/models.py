@@ -3,6 +3,7 @@
 from loyalty.accrual.models import idempotency_keys, reversals, transactions
 from loyalty.audit import audit_log
 from loyalty.auth.models import api_keys
+from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
 from loyalty.jobs.models import job_runs
@@ -17,6 +18,7 @@ from loyalty.ledger.models import (
 )
 from loyalty.members.models import member_profiles, members
 from loyalty.programmes.models import programme_versions
+from loyalty.redemption.models import redemptions
 from loyalty.tiers.models import lifecycle_changes, tier_changes
 
 __all__ = [
@@ -42,4 +44,8 @@ __all__ = [
     "webhook_subscriptions",
     "webhook_deliveries",
     "job_runs",
+    "benefits",
+    "benefit_versions",
+    "voucher_codes",
+    "redemptions",
 ]

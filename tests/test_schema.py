@@ -23,6 +23,7 @@ MEMBER_SCOPED = {
     "member_profiles",
     "tier_changes",
     "lifecycle_changes",
+    "redemptions",
 }
 #: Tables that are not member-scoped, and why.
 NOT_MEMBER_SCOPED = {
@@ -35,6 +36,9 @@ NOT_MEMBER_SCOPED = {
     "webhook_subscriptions": "reference table",
     "webhook_deliveries": "delivery state of the outbox, keyed by subscription and event",
     "job_runs": "operational history of the scheduler",
+    "benefits": "the benefit catalogue: a reference table",
+    "benefit_versions": "the catalogue's history",
+    "voucher_codes": "a benefit's code pool, keyed by benefit; a code names its member once issued",
 }
 
 

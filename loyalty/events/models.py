@@ -14,6 +14,10 @@ EVENT_TYPES = (
     "points.expiring",
     "tier.changed",
     "lifecycle.changed",
+    "redemption.fulfilled",
+    "redemption.failed",
+    "redemption.cancelled",
+    "benefit.low_stock",
 )
 DELIVERY_STATUSES = ("pending", "delivered", "dead")
 

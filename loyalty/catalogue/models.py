@@ -1,0 +1,91 @@
+"""The benefit catalogue: benefits, their versions, and the voucher code pools."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from loyalty.db import UTCDateTime, metadata
+
+KINDS = ("phone_credit", "voucher", "membership", "experience")
+#: How a benefit reaches the member: a code from its pool (in the request), a
+#: partner over HTTP (after commit), or the bank itself (a booking reference).
+FULFILMENTS = ("pool", "partner", "bank")
+STATUSES = ("draft", "active", "paused", "retired")
+PERIODS = ("day", "month", "year")
+
+benefits = sa.Table(
+    "benefits",
+    metadata,
+    sa.Column("code", sa.String(64), primary_key=True),
+    #: 1, 2, 3, ...: every change makes a new version (``benefit_versions``)
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("fulfilment", sa.String(16), nullable=False),
+    #: the partner that delivers it (fulfilment ``partner``)
+    sa.Column("partner", sa.String(64)),
+    #: what the member gets, and what one unit costs the bank, in fen
+    sa.Column("face_value", sa.BigInteger, nullable=False),
+    sa.Column("unit_cost", sa.BigInteger, nullable=False),
+    #: who pays the unit cost: ``bank`` or a partner
+    sa.Column("funding_source", sa.String(64), nullable=False),
+    #: points per unit; NULL: not for sale, only an entitlement
+    sa.Column("points_price", sa.BigInteger),
+    #: JSON object tier -> points per unit, overriding ``points_price``
+    sa.Column("tier_prices", sa.Text, nullable=False, server_default="{}"),
+    #: JSON list of tiers that may redeem it; empty: every tier
+    sa.Column("eligible_tiers", sa.Text, nullable=False, server_default="[]"),
+    #: JSON object tier -> {"quota": n, "period": "day" | "month" | "year"}: units the tier gets without points
+    sa.Column("entitlements", sa.Text, nullable=False, server_default="{}"),
+    #: units left; NULL: unlimited. For a pool benefit, the codes still available.
+    sa.Column("stock", sa.BigInteger),
+    #: a ``benefit.low_stock`` event is emitted when stock falls below this
+    sa.Column("low_stock_threshold", sa.BigInteger),
+    #: JSON object period -> most units one member may redeem per period
+    sa.Column("limits", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("valid_from", UTCDateTime),
+    sa.Column("valid_until", UTCDateTime),
+    sa.Column("status", sa.String(16), nullable=False),
+    #: hours after fulfilment in which the member may cancel; 0: no cancellation
+    sa.Column("cancel_hours", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_by", sa.String(100), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(sa.column("kind").in_(KINDS), name="kind"),
+    sa.CheckConstraint(sa.column("fulfilment").in_(FULFILMENTS), name="fulfilment"),
+    sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),
+    sa.CheckConstraint("stock IS NULL OR stock >= 0", name="stock_not_negative"),
+    sa.CheckConstraint("face_value >= 0 AND unit_cost >= 0", name="money_not_negative"),
+)
+
+#: Every version of every benefit, as the JSON document it was saved as.
+benefit_versions = sa.Table(
+    "benefit_versions",
+    metadata,
+    sa.Column("code", sa.String(64), sa.ForeignKey("benefits.code"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("changed_by", sa.String(100), nullable=False),
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+)
+
+CODE_STATUSES = ("available", "issued")
+
+#: Voucher codes. The code itself is stored encrypted (``secret``) and found by
+#: a keyed digest (``digest``), so a database dump alone reveals no code.
+voucher_codes = sa.Table(
+    "voucher_codes",
+    metadata,
+    sa.Column("benefit_code", sa.String(64), sa.ForeignKey("benefits.code"), primary_key=True),
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="available"),
+    sa.Column("member_id", sa.String(64)),
+    sa.Column("redemption_id", sa.String(64)),
+    sa.Column("uploaded_at", UTCDateTime, nullable=False),
+    sa.Column("issued_at", UTCDateTime),
+    sa.CheckConstraint(sa.column("status").in_(CODE_STATUSES), name="status"),
+    sa.Index("ix_voucher_codes_benefit_code_digest", "benefit_code", "digest", unique=True),
+    sa.Index("ix_voucher_codes_benefit_code_status", "benefit_code", "status"),
+)
