@@ -31,6 +31,9 @@ class Settings:
     api_key_cache_seconds: int = 30
     #: what one point costs the bank, in fen, for liability figures
     point_value_fen: Decimal = Decimal("1")
+    #: the root of the keys voucher codes are encrypted and digested with (``LOYALTY_SECRET_KEY``);
+    #: at least 16 characters. Without it voucher codes can be neither stored nor shown.
+    secret_key: str = ""
     #: how often a standby scheduler tries to take the lead, and the leader checks it still holds it
     scheduler_standby_seconds: float = 5.0
     #: jobs run every so many seconds instead of on their declared schedule (``webhooks=1``)
@@ -69,6 +72,8 @@ class Settings:
             values["point_value_fen"] = Decimal(env["LOYALTY_POINT_VALUE_FEN"])
         if "LOYALTY_API_KEY_CACHE_SECONDS" in env:
             values["api_key_cache_seconds"] = int(env["LOYALTY_API_KEY_CACHE_SECONDS"])
+        if "LOYALTY_SECRET_KEY" in env:
+            values["secret_key"] = env["LOYALTY_SECRET_KEY"]
         if "LOYALTY_SCHEDULER_STANDBY_SECONDS" in env:
             values["scheduler_standby_seconds"] = float(env["LOYALTY_SCHEDULER_STANDBY_SECONDS"])
         if "LOYALTY_JOB_INTERVALS" in env:

@@ -34,6 +34,8 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 #: Tables emptied between tests (the chart of accounts is kept).
 DATA_TABLES = [t.name for t in metadata.sorted_tables if t.name != "accounts"]
 START = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
+#: The key voucher codes are sealed with in tests.
+TEST_SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105  (a fixture, not a credential)
 
 
 class Clock:
@@ -130,7 +132,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, api_key_cache_seconds=0)
+    return Settings(database_url=database_url, api_key_cache_seconds=0, secret_key=TEST_SECRET_KEY)
 
 
 @pytest.fixture

@@ -1,0 +1,141 @@
+"""Voucher code pools. Codes are secrets: stored encrypted, found by a keyed digest, never logged.
+
+A database dump alone reveals no code: ``secret`` is AES-GCM ciphertext under
+a key derived from ``LOYALTY_SECRET_KEY``, and ``digest`` (an HMAC of the
+benefit and the code under another derived key) only lets the engine refuse
+a duplicate upload. A code is decrypted for one purpose: showing it to the
+member who redeemed it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import os
+import uuid
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.engine import Connection
+
+from loyalty.catalogue.models import benefits, voucher_codes
+from loyalty.db import insert_ignore, is_postgres
+from loyalty.events.service import emit
+
+
+class CodeBox:
+    """Encrypts, decrypts and digests codes under keys derived from one secret."""
+
+    def __init__(self, secret: str) -> None:
+        if len(secret) < 16:
+            raise ValueError("LOYALTY_SECRET_KEY must be at least 16 characters")
+        root = secret.encode()
+        self._aead = AESGCM(hashlib.sha256(b"voucher-codes:encrypt:" + root).digest())
+        self._mac = hashlib.sha256(b"voucher-codes:digest:" + root).digest()
+
+    def digest(self, benefit_code: str, code: str) -> str:
+        return hmac.new(self._mac, f"{benefit_code}\0{code}".encode(), hashlib.sha256).hexdigest()
+
+    def seal(self, benefit_code: str, code: str) -> str:
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, code.encode(), benefit_code.encode())
+        return base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    def open(self, benefit_code: str, secret: str) -> str:
+        raw = base64.urlsafe_b64decode(secret.encode())
+        return self._aead.decrypt(raw[:12], raw[12:], benefit_code.encode()).decode()
+
+
+def add_codes(
+    conn: Connection, box: CodeBox, benefit_code: str, codes: Iterable[str], *, now: dt.datetime
+) -> tuple[int, int]:
+    """Add codes to a benefit's pool; a code already in the pool (or twice in ``codes``) is
+    refused. Returns ``(added, duplicates)``; the benefit's stock grows by ``added``."""
+    seen: set[str] = set()
+    rows, duplicates = [], 0
+    for code in codes:
+        digest = box.digest(benefit_code, code)
+        if digest in seen:
+            duplicates += 1
+            continue
+        seen.add(digest)
+        rows.append(
+            {
+                "benefit_code": benefit_code,
+                "id": str(uuid.uuid4()),
+                "digest": digest,
+                "secret": box.seal(benefit_code, code),
+                "status": "available",
+                "uploaded_at": now,
+            }
+        )
+    added = 0
+    for i in range(0, len(rows), 1000):
+        part = rows[i : i + 1000]
+        added += len(conn.execute(insert_ignore(conn, voucher_codes).returning(voucher_codes.c.id), part).all())
+    duplicates += len(rows) - added
+    if added:
+        b = benefits.c
+        conn.execute(benefits.update().where(b.code == benefit_code).values(stock=sa.func.coalesce(b.stock, 0) + added))
+    return added, duplicates
+
+
+def issue_codes(
+    conn: Connection,
+    benefit_code: str,
+    *,
+    member_id: str,
+    redemption_id: str,
+    quantity: int,
+    now: dt.datetime,
+) -> list[str]:
+    """Take ``quantity`` available codes for a redemption (the caller has reserved the stock).
+    Returns their ids; concurrent redemptions never get the same code."""
+    vc = voucher_codes.c
+    pick = (
+        sa.select(vc.id)
+        .where(vc.benefit_code == benefit_code, vc.status == "available")
+        .order_by(vc.uploaded_at, vc.id)
+        .limit(quantity)
+    )
+    if is_postgres(conn):
+        pick = pick.with_for_update(skip_locked=True)
+    ids = list(conn.execute(pick).scalars())
+    if len(ids) < quantity:
+        raise RuntimeError(f"stock of {benefit_code!r} says a code is left but the pool has {len(ids)}")
+    conn.execute(
+        voucher_codes.update()
+        .where(vc.benefit_code == benefit_code, vc.id.in_(ids))
+        .values(status="issued", member_id=member_id, redemption_id=redemption_id, issued_at=now)
+    )
+    return ids
+
+
+def reveal(conn: Connection, box: CodeBox, benefit_code: str, *, member_id: str, redemption_id: str) -> list[str]:
+    """The codes issued to this member for this redemption, decrypted."""
+    vc = voucher_codes.c
+    secrets = conn.execute(
+        sa.select(vc.secret)
+        .where(vc.benefit_code == benefit_code, vc.member_id == member_id, vc.redemption_id == redemption_id)
+        .order_by(vc.issued_at, vc.id)
+    ).scalars()
+    return [box.open(benefit_code, s) for s in secrets]
+
+
+def check_low_stock(conn: Connection, benefit_code: str, *, before: int | None, now: dt.datetime) -> None:
+    """Emit ``benefit.low_stock`` when stock has just fallen below the benefit's threshold."""
+    b = benefits.c
+    row = conn.execute(sa.select(b.stock, b.low_stock_threshold).where(b.code == benefit_code)).one()
+    if row.stock is None or row.low_stock_threshold is None or before is None:
+        return
+    if before >= row.low_stock_threshold > row.stock:
+        emit(
+            conn,
+            "benefit.low_stock",
+            member_id=None,
+            payload={"benefit_code": benefit_code, "stock": int(row.stock), "threshold": int(row.low_stock_threshold)},
+            now=now,
+        )
