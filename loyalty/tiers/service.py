@@ -83,16 +83,9 @@ def new_change_id() -> str:
 
 @functools.lru_cache(maxsize=32)
 def _one_member(ladder: Ladder) -> sa.Select[Any]:
-    """The metrics query for one member, built once per ladder with bound parameters, so it
-    keeps its cache key and runs on every booking without being rebuilt or recompiled."""
-    stamp = UTCDateTime()
-    window = tsql.Window(
-        as_of=sa.bindparam("as_of", type_=stamp),  # type: ignore[arg-type]
-        local_day=dt.date.min,  # not used by the metrics themselves
-        qualifying_since=sa.bindparam("qualifying_since", type_=stamp),  # type: ignore[arg-type]
-        activity_since=sa.bindparam("activity_since", type_=stamp),  # type: ignore[arg-type]
-    )
-    return sa.select(tsql.metrics_query(ladder, window, members.c.member_id == sa.bindparam("member_id")))
+    """Built once per ladder with bound parameters, so it keeps its cache key and runs on
+    every booking without being rebuilt or recompiled."""
+    return tsql.one_member_query(ladder)
 
 
 def metrics(conn: Connection, member_id: str, *, programme: Programme, now: dt.datetime) -> dict[str, Any]:
