@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 4
+# The voucher code key: the environment's LOYALTY_SECRET_KEY, else the one `make run` keeps in var/secret-key.
+SECRET := export LOYALTY_SECRET_KEY="$${LOYALTY_SECRET_KEY:-$$(cat var/secret-key)}";
 
 .PHONY: help run test lint bench clean
 
@@ -20,11 +22,18 @@ $(STAMP): setup.cfg pyproject.toml
 
 run: $(STAMP) ## migrate the database, start the scheduler and serve the API on http://$(HOST):$(PORT)
 	@mkdir -p var
+# Voucher codes are sealed under LOYALTY_SECRET_KEY: without one in the environment, a key is made once and kept.
+	@if [ -z "$$LOYALTY_SECRET_KEY" ] && [ ! -s var/secret-key ]; then \
+		(umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > var/secret-key) && \
+		chmod 600 var/secret-key && echo "made LOYALTY_SECRET_KEY in var/secret-key"; fi
 	$(BIN)/loyalty db upgrade
 	$(BIN)/loyalty rules install-default
+	$(BIN)/loyalty catalogue install-default
+	@$(SECRET) for benefit in $$($(BIN)/loyalty catalogue list --fulfilment pool --status active --quiet); do \
+		$(BIN)/loyalty catalogue demo-codes --if-empty $$benefit 200 || exit 1; done
 	@echo "demo API key (all scopes): $$($(BIN)/loyalty api-keys demo)"
 # The scheduler runs in the background for as long as gunicorn does.
-	$(BIN)/loyalty scheduler & scheduler=$$!; \
+	$(SECRET) $(BIN)/loyalty scheduler & scheduler=$$!; \
 	trap 'kill $$scheduler 2>/dev/null; wait $$scheduler' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --access-logfile - wsgi:app
 

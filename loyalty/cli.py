@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from loyalty import Runtime, make_runtime
+from loyalty.catalogue.models import FULFILMENTS, STATUSES
 from loyalty.db import transaction
 
 
@@ -290,3 +291,77 @@ def jobs_run(name: str, as_of: str | None) -> None:
     click.echo(json.dumps(record, ensure_ascii=False, indent=2))
     if record["status"] != "succeeded":
         sys.exit(1)
+
+
+@main.group("catalogue")
+def catalogue_group() -> None:
+    """The benefit catalogue: the default benefits, listing, demo voucher codes."""
+
+
+def _tiers() -> tuple[str, ...]:
+    from loyalty.errors import LoyaltyError
+
+    try:
+        return rt().programme.ladder.codes
+    except LoyaltyError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+@catalogue_group.command("install-default")
+def catalogue_install_default() -> None:
+    """Create the shipped benefits that do not exist yet; existing ones are left as they are."""
+    from loyalty.catalogue.service import install_default
+
+    tiers = _tiers()
+    with transaction(rt().engine) as conn:
+        installed, present = install_default(conn, tiers, actor="system", now=rt().now())
+    click.echo(
+        f"installed {len(installed)} benefits"
+        + (f": {', '.join(installed)}" if installed else "")
+        + f"; {len(present)} already present, left as they are"
+    )
+
+
+@catalogue_group.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only benefits in this status.")
+@click.option("--fulfilment", type=click.Choice(FULFILMENTS), help="Only benefits fulfilled so.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the benefit codes alone, one a line.")
+def catalogue_list(status: str | None, fulfilment: str | None, quiet: bool) -> None:
+    """The benefits, with status, kind, fulfilment, price and stock."""
+    from loyalty.catalogue.service import list_benefits
+
+    with rt().engine.execution_options(readonly=True).connect() as conn:
+        found = [v for v in list_benefits(conn, status=status) if fulfilment in (None, v["fulfilment"])]
+    for v in found:
+        if quiet:
+            click.echo(v["code"])
+            continue
+        price = "entitlement" if v["points_price"] is None else f"{v['points_price']} points"
+        stock = "unlimited" if v["stock"] is None else f"stock {v['stock']}"
+        click.echo(f"{v['code']:<28} {v['status']:<8} {v['kind']:<13} {v['fulfilment']:<8} {price:<14} {stock}")
+
+
+@catalogue_group.command("demo-codes")
+@click.argument("benefit")
+@click.argument("count", type=click.IntRange(1, 100_000))
+@click.option("--if-empty", is_flag=True, help="Add nothing if the pool still has a code available.")
+def catalogue_demo_codes(benefit: str, count: int, if_empty: bool) -> None:
+    """Put COUNT random codes into the pool of BENEFIT, for demonstrations. The codes are not printed."""
+    import secrets
+
+    from loyalty.catalogue.service import code_box, code_counts, upload_codes
+    from loyalty.errors import LoyaltyError
+
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    try:
+        box = code_box(rt().settings.secret_key)
+        with transaction(rt().engine) as conn:
+            available = code_counts(conn, benefit)["available"]
+            if if_empty and available:
+                click.echo(f"{benefit}: {available} codes available; no demo codes added")
+                return
+            codes = ["DEMO-" + "".join(secrets.choice(alphabet) for _ in range(12)) for _ in range(count)]
+            result = upload_codes(conn, box, benefit, codes, actor="system", now=rt().now())
+    except LoyaltyError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"{benefit}: added {result['added']} demo codes; stock {result['stock']}")

@@ -1,0 +1,172 @@
+"""The benefit catalogue's admin API: benefits, their status and versions, voucher code pools."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+from flask import Response, current_app, g, request
+from marshmallow import validate
+from sqlalchemy.engine import Connection
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from loyalty.accrual.service import Result
+from loyalty.api import bp, execute, json_body, json_response, requires, runtime
+from loyalty.api.schemas import Base, StrictString, load
+from loyalty.catalogue import service
+from loyalty.catalogue.models import STATUSES
+from loyalty.db import transaction
+from loyalty.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType, ValidationError
+
+#: a voucher code: 4 to 64 printable characters, none of them white space
+MIN_CODE, MAX_CODE = 4, 64
+#: bad lines named in one answer
+MAX_LINE_ERRORS = 20
+
+
+def tiers() -> tuple[str, ...]:
+    """The tiers of the ladder in force: the tiers a benefit may name."""
+    return runtime().programme.ladder.codes
+
+
+@bp.post("/benefits")
+@requires("admin")
+def create_benefit() -> Response:
+    body = json_body()
+    new = service.parse_new(body, tiers())
+    actor = g.api_key.name
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        return Result(201, service.create(conn, new, actor=actor, now=now))
+
+    return execute(operation, body)
+
+
+@bp.get("/benefits")
+@requires("admin")
+def list_benefits() -> Response:
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise ValidationError.one("status", f"must be one of {', '.join(STATUSES)}")
+    with transaction(runtime().engine, readonly=True) as conn:
+        return json_response({"benefits": service.list_benefits(conn, status=status)})
+
+
+@bp.get("/benefits/<code>")
+@requires("admin")
+def get_benefit(code: str) -> Response:
+    with transaction(runtime().engine, readonly=True) as conn:
+        return json_response(service.get(conn, code))
+
+
+@bp.put("/benefits/<code>")
+@requires("admin")
+def replace_benefit(code: str) -> Response:
+    body = json_body()
+    change = service.parse_replacement(body, code, tiers())
+    actor = g.api_key.name
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        return Result(200, service.replace(conn, code, change, actor=actor, now=now))
+
+    return execute(operation, body)
+
+
+class StatusSchema(Base):
+    status = StrictString(required=True, validate=validate.OneOf(STATUSES))
+
+
+@bp.post("/benefits/<code>/status")
+@requires("admin")
+def change_status(code: str) -> Response:
+    body = json_body()
+    status = load(StatusSchema(), body)["status"]
+    actor = g.api_key.name
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        return Result(200, service.set_status(conn, code, status, actor=actor, now=now))
+
+    return execute(operation, body)
+
+
+@bp.get("/benefits/<code>/versions")
+@requires("admin")
+def benefit_versions(code: str) -> Response:
+    with transaction(runtime().engine, readonly=True) as conn:
+        return json_response({"code": code, "versions": service.versions(conn, code)})
+
+
+@bp.post("/benefits/<code>/codes")
+@requires("admin")
+def upload_codes(code: str) -> Response:
+    """Codes as ``text/csv``, one a line. The answer, the logs and the audit log hold counts only."""
+    box = service.code_box(runtime().settings.secret_key)
+    text = csv_body()
+    codes = parse_codes(text)
+    actor = g.api_key.name
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        return Result(200, service.upload_codes(conn, box, code, codes, actor=actor, now=now))
+
+    # A retry is recognised by a keyed digest of the file, so no code can be guessed from the stored key.
+    return execute(operation, {"codes": box.digest(code, text)})
+
+
+@bp.get("/benefits/<code>/codes")
+@requires("admin")
+def code_counts(code: str) -> Response:
+    with transaction(runtime().engine, readonly=True) as conn:
+        return json_response(service.code_counts(conn, code))
+
+
+def csv_body() -> str:
+    if request.mimetype != "text/csv":
+        raise UnsupportedMediaType("send the codes as text/csv, one code a line", field="Content-Type")
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"the body exceeds {current_app.config['MAX_CONTENT_LENGTH']} bytes; upload the codes in parts",
+            field="body",
+        ) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise MalformedRequest("the body is not UTF-8 text", field="body") from None
+
+
+def parse_codes(text: str) -> list[str]:
+    """The codes of a CSV file of one column, with an optional header ``code``; blank lines are skipped.
+
+    A bad line is named by its number, never by its content."""
+    codes: list[str] = []
+    errors: dict[str, list[str]] = {}
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        for row in reader:
+            line = f"line {reader.line_num}"
+            cells = [c.strip() for c in row]
+            if not any(cells):
+                continue
+            if len(cells) > 1:
+                errors[line] = ["has more than one column; send one code a line"]
+            elif not codes and not errors and cells[0] == "code":
+                continue
+            elif not is_code(cells[0]):
+                errors[line] = [f"a code is {MIN_CODE} to {MAX_CODE} printable characters without spaces"]
+            else:
+                codes.append(cells[0])
+            if len(errors) >= MAX_LINE_ERRORS:
+                break
+    except csv.Error:
+        errors[f"line {reader.line_num}"] = ["is not valid CSV (a stray or unclosed quote)"]
+    if errors:
+        raise ValidationError(errors)
+    if not codes:
+        raise ValidationError.one("body", "holds no codes")
+    return codes
+
+
+def is_code(value: str) -> bool:
+    return MIN_CODE <= len(value) <= MAX_CODE and value.isprintable() and not any(c.isspace() for c in value)
