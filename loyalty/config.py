@@ -46,6 +46,8 @@ class Settings:
     webhook_backoff_seconds: int = 30
     #: ... and never more than this
     webhook_backoff_max_seconds: int = 3600
+    #: seconds a partner has to fulfil a redemption before the fulfilment job resolves it
+    fulfilment_deadline_seconds: int = 600
 
     def __post_init__(self) -> None:
         if self.clawback_policy not in CLAWBACK_POLICIES:
@@ -55,6 +57,8 @@ class Settings:
         for name, env in WEBHOOK_SETTINGS.items():
             if getattr(self, name) < 1:
                 raise ValueError(f"{env} must be a positive integer")
+        if self.fulfilment_deadline_seconds < 1:
+            raise ValueError("LOYALTY_FULFILMENT_DEADLINE_SECONDS must be a positive integer")
         if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
             raise ValueError("LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS must be at least LOYALTY_WEBHOOK_BACKOFF_SECONDS")
 
@@ -84,6 +88,12 @@ class Settings:
                     values[name] = int(env[var])
                 except ValueError:
                     raise ValueError(f"{var} must be an integer, not {env[var]!r}") from None
+        deadline = env.get("LOYALTY_FULFILMENT_DEADLINE_SECONDS")
+        if deadline is not None:
+            try:
+                values["fulfilment_deadline_seconds"] = int(deadline)
+            except ValueError:
+                raise ValueError(f"LOYALTY_FULFILMENT_DEADLINE_SECONDS must be an integer, not {deadline!r}") from None
         values.update(overrides)
         return cls(**values)
 

@@ -159,7 +159,17 @@ def result_response(result: Result) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    from loyalty.api import catalogue, events, jobs, members, profiles, programmes, tiers, transactions  # noqa: F401  (registers the views)
+    from loyalty.api import (  # noqa: F401  (registers the views)
+        catalogue,
+        events,
+        jobs,
+        members,
+        profiles,
+        programmes,
+        redemptions,
+        tiers,
+        transactions,
+    )
 
     rt: Runtime = app.extensions["loyalty"]
     app.extensions["loyalty_keys"] = KeyCache(rt.engine, rt.settings.api_key_cache_seconds)

@@ -79,5 +79,11 @@ JOBS: dict[str, Job] = {
             "loyalty.events.webhooks:deliver",
             {"trigger": "interval", "seconds": 5},
         ),
+        Job(
+            "redemptions",
+            "settle fulfilled redemptions whose cancellation window has ended: their held points are spent for good",
+            "loyalty.redemption.jobs:settle",
+            {"trigger": "interval", "seconds": 60},
+        ),
     ]
 }

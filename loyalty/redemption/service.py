@@ -1,0 +1,528 @@
+"""Redemptions: a member spends points, or a tier entitlement, on a benefit.
+
+:func:`redeem` does everything in the caller's one transaction, in this order:
+
+1. lock the member's rows (:func:`loyalty.redemption.states.lock_member`), then
+   claim the redemption id (``idempotency_keys``, scope ``redemption``): a
+   retry with the same body replays, a different body is a 409;
+2. load the benefit and refuse what cannot be had, each with its own problem
+   type: ``benefit_not_found``, a missing or unwanted ``delivery`` field,
+   ``benefit_inactive``, ``not_eligible``, ``limit_reached``, ``out_of_stock``,
+   ``insufficient_points``;
+3. hold the points (none for an entitlement), reserve the stock with one
+   conditional ``UPDATE``, insert the redemption, and fulfil it: a voucher
+   code from the pool or the bank's own booking at once; a partner later,
+   through the fulfilment job.
+
+A refusal raises, so the transaction rolls back and nothing is written.
+
+Limits and entitlement quotas count the units of the member's ``pending`` and
+``fulfilled`` redemptions of the benefit created in the current local day,
+month or year of the programme's time zone. Everything is read under the
+member's lock, so two redemptions of one member cannot both pass a limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loyalty.accrual.models import idempotency_keys
+from loyalty.accrual.service import Result, claim_key, request_hash
+from loyalty.catalogue import codes
+from loyalty.catalogue.model import Benefit, Entitlement, all_benefits, benefit_from_row
+from loyalty.catalogue.models import PERIODS, benefits
+from loyalty.db import insert_ignore
+from loyalty.errors import IdempotencyConflict, InsufficientPoints, MemberNotFound, UnknownMember, ValidationError
+from loyalty.ledger import service as ledger
+from loyalty.ledger.models import accounts, member_accounts
+from loyalty.members.models import members
+from loyalty.members.service import iso
+from loyalty.redemption import states
+from loyalty.redemption.errors import (
+    BenefitInactive,
+    LimitReached,
+    NotCancellable,
+    NotEligible,
+    OutOfStock,
+    RedemptionNotFound,
+    Refused,
+)
+from loyalty.redemption.models import redemptions
+
+#: The idempotency scope of redemption ids.
+SCOPE = "redemption"
+#: Redemptions that count toward limits and quotas: those not given back.
+LIVE = ("pending", "fulfilled")
+#: A mainland China mobile number.
+PHONE_NUMBER = re.compile(r"^1[3-9]\d{9}$")
+
+
+class UnknownBenefit(Refused):
+    """A benefit named in a request body does not exist (like an unknown member, a 422)."""
+
+    code = "benefit_not_found"
+    title = "No such benefit"
+
+
+@dataclass(frozen=True)
+class RedemptionCommand:
+    redemption_id: str
+    member_id: str
+    benefit_code: str
+    quantity: int = 1
+    #: ``{"phone_number": ...}`` or ``{"account_ref": ...}``; ``None`` when nothing is sent
+    delivery: dict[str, str] | None = None
+
+
+def delivery_field(benefit: Benefit) -> str | None:
+    """The delivery detail a benefit needs: a partner tops up a phone or credits a membership account."""
+    if benefit.fulfilment != "partner":
+        return None
+    return {"phone_credit": "phone_number", "membership": "account_ref"}.get(benefit.kind)
+
+
+def check_delivery(benefit: Benefit, delivery: dict[str, str] | None) -> None:
+    """The delivery details must be exactly those the benefit needs: nothing more is stored."""
+    needed = delivery_field(benefit)
+    given = delivery or {}
+    errors: dict[str, list[str]] = {}
+    for name in given:
+        if name != needed:
+            errors[f"delivery.{name}"] = [f"is not used by benefit {benefit.code!r}; leave it out"]
+    if needed is not None and needed not in given:
+        errors[f"delivery.{needed}"] = [f"is required for benefit {benefit.code!r}"]
+    if errors:
+        raise ValidationError(errors)
+
+
+# ---- periods and usage ----------------------------------------------------------------------------------------
+
+
+def period_bounds(moment: dt.datetime, period: str, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    """UTC bounds of the local day, month or year (programme time zone) that contains ``moment``."""
+    local = moment.astimezone(zone)
+    if period == "day":
+        start = dt.datetime(local.year, local.month, local.day, tzinfo=zone)
+        end = start + dt.timedelta(days=1)
+    elif period == "month":
+        start = dt.datetime(local.year, local.month, 1, tzinfo=zone)
+        end = dt.datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=zone)
+    elif period == "year":
+        start = dt.datetime(local.year, 1, 1, tzinfo=zone)
+        end = dt.datetime(local.year + 1, 1, 1, tzinfo=zone)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Units of a benefit a member has in live redemptions in the current periods."""
+
+    #: period -> all units
+    units: dict[str, int]
+    #: period -> units claimed as an entitlement
+    entitled: dict[str, int]
+
+
+NO_USAGE = Usage({p: 0 for p in PERIODS}, {p: 0 for p in PERIODS})
+
+
+def usage(
+    conn: Connection, member_id: str, *, now: dt.datetime, zone: dt.tzinfo, benefit_code: str | None = None
+) -> dict[str, Usage]:
+    """The member's usage of each benefit (or of one) in the day, month and year containing ``now``."""
+    r = redemptions.c
+    bounds = {p: period_bounds(now, p, zone) for p in PERIODS}
+    columns = []
+    for p, (start, end) in bounds.items():
+        inside = sa.and_(r.created_at >= start, r.created_at < end)
+        columns.append(sa.func.sum(sa.case((inside, r.quantity), else_=0)).label(f"units_{p}"))
+        entitled = sa.and_(inside, r.entitlement.is_(True))
+        columns.append(sa.func.sum(sa.case((entitled, r.quantity), else_=0)).label(f"entitled_{p}"))
+    widest = (min(s for s, _ in bounds.values()), max(e for _, e in bounds.values()))
+    query = (
+        sa.select(r.benefit_code, *columns)
+        .where(
+            r.member_id == member_id,
+            r.status.in_(LIVE),
+            r.created_at >= widest[0],
+            r.created_at < widest[1],
+        )
+        .group_by(r.benefit_code)
+    )
+    if benefit_code is not None:
+        query = query.where(r.benefit_code == benefit_code)
+    return {
+        row.benefit_code: Usage(
+            {p: int(getattr(row, f"units_{p}") or 0) for p in PERIODS},
+            {p: int(getattr(row, f"entitled_{p}") or 0) for p in PERIODS},
+        )
+        for row in conn.execute(query)
+    }
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What redeeming ``quantity`` units of a benefit would mean for a member now."""
+
+    #: claimed as a tier entitlement, at no points
+    entitlement: bool
+    #: points in all
+    points: int
+
+
+def limit_left(benefit: Benefit, used: Usage) -> tuple[str, int, int] | None:
+    """The tightest personal limit: ``(period, limit, units left)``; ``None`` without limits."""
+    tightest = None
+    for period in PERIODS:
+        if period in benefit.limits:
+            limit = benefit.limits[period]
+            left = max(0, limit - used.units[period])
+            if tightest is None or left < tightest[2]:
+                tightest = (period, limit, left)
+    return tightest
+
+
+def quota_left(entitlement: Entitlement | None, used: Usage) -> int:
+    if entitlement is None:
+        return 0
+    return max(0, entitlement.quota - used.entitled[entitlement.period])
+
+
+def terms(benefit: Benefit, tier: str, quantity: int, used: Usage) -> Terms:
+    """Eligibility, limits and entitlement, in that order; raises the first refusal that applies.
+
+    An entitlement whose quota still covers every unit asked for is claimed at
+    no points; otherwise the tier's price applies to all of them. A benefit that
+    is only an entitlement (no price for the tier) is refused with
+    ``limit_reached`` once its quota cannot cover the quantity."""
+    price = benefit.price(tier)
+    entitlement = benefit.entitlement(tier)
+    if not benefit.eligible(tier):
+        raise NotEligible(
+            f"benefit {benefit.code!r} is not offered to the {tier} tier", field="benefit_code", tier=tier
+        )
+    if price is None and entitlement is None:
+        raise NotEligible(
+            f"benefit {benefit.code!r} has neither a price nor an entitlement for the {tier} tier",
+            field="benefit_code",
+            tier=tier,
+        )
+    tightest = limit_left(benefit, used)
+    if tightest is not None and quantity > tightest[2]:
+        period, limit, left = tightest
+        raise LimitReached(
+            f"at most {limit} of {benefit.code!r} per {period}; {left} left this {period}",
+            field="quantity",
+            period=period,
+            limit=limit,
+            remaining=left,
+        )
+    if entitlement is not None and quantity <= quota_left(entitlement, used):
+        return Terms(entitlement=True, points=0)
+    if price is None:
+        assert entitlement is not None
+        left = quota_left(entitlement, used)
+        raise LimitReached(
+            f"the {tier} tier gets {entitlement.quota} of {benefit.code!r} per {entitlement.period}; {left} left",
+            field="quantity",
+            period=entitlement.period,
+            limit=entitlement.quota,
+            remaining=left,
+        )
+    return Terms(entitlement=False, points=price * quantity)
+
+
+# ---- redeeming ------------------------------------------------------------------------------------------------
+
+
+def _member(conn: Connection, member_id: str) -> Any:
+    m, a = members.c, member_accounts.c
+    return conn.execute(
+        sa.select(m.tier, a.balance).join(member_accounts, a.member_id == m.member_id).where(m.member_id == member_id)
+    ).first()
+
+
+def _ensure_account(conn: Connection, benefit: Benefit) -> None:
+    """The benefit's ``redeemed:`` account, made on its first redemption (looked up first, so
+    redemptions of a benefit that has one never write to the chart of accounts)."""
+    code = benefit.capture_account
+    if conn.execute(sa.select(accounts.c.code).where(accounts.c.code == code)).first() is None:
+        conn.execute(
+            insert_ignore(conn, accounts).values(
+                code=code, kind="redeemed", name=f"Points redeemed for {benefit.name}"[:200]
+            )
+        )
+
+
+def _reserve_stock(conn: Connection, benefit: Benefit, quantity: int) -> int | None:
+    """Take ``quantity`` units of a limited stock in one conditional UPDATE; returns the stock before.
+    Unlimited stock (NULL) is not touched, so it never becomes a row every redemption locks."""
+    if benefit.stock is None:
+        return None
+    b = benefits.c
+    left = conn.execute(
+        benefits.update()
+        .where(b.code == benefit.code, b.stock.is_not(None), b.stock >= quantity)
+        .values(stock=b.stock - quantity)
+        .returning(b.stock)
+    ).scalar()
+    if left is None:
+        raise OutOfStock(f"benefit {benefit.code!r} has fewer than {quantity} left", field="benefit_code")
+    return int(left) + quantity
+
+
+def redeem(
+    conn: Connection, cmd: RedemptionCommand, *, zone: dt.tzinfo, now: dt.datetime, deadline_seconds: int
+) -> Result:
+    """Redeem a benefit for a member; see the module's description. Returns the redemption's view
+    (without voucher codes: :func:`issued_codes` reveals them to the caller)."""
+    states.lock_member(conn, cmd.member_id)
+    member = _member(conn, cmd.member_id)
+    if member is None:
+        raise UnknownMember(f"member {cmd.member_id!r} is not enrolled", field="member_id")
+    try:
+        digest = request_hash(asdict(cmd))
+        existing = claim_key(conn, SCOPE, cmd.redemption_id, digest, member_id=cmd.member_id, now=now)
+    except IdempotencyConflict as exc:
+        raise IdempotencyConflict(
+            f"redemption {cmd.redemption_id!r} was already used with a different request", field="redemption_id"
+        ) from exc
+    if existing is not None:
+        return Result(200, redemption_view(conn, existing.member_id, cmd.redemption_id, now=now), replayed=True)
+    row = conn.execute(sa.select(benefits).where(benefits.c.code == cmd.benefit_code)).first()
+    if row is None:
+        raise UnknownBenefit(f"no benefit {cmd.benefit_code!r}", field="benefit_code")
+    benefit = benefit_from_row(row)
+    check_delivery(benefit, cmd.delivery)
+    if benefit.status != "active" or not benefit.in_window(now):
+        raise BenefitInactive(f"benefit {benefit.code!r} cannot be redeemed now", field="benefit_code")
+    used = usage(conn, cmd.member_id, now=now, zone=zone, benefit_code=benefit.code).get(benefit.code, NO_USAGE)
+    deal = terms(benefit, member.tier, cmd.quantity, used)
+    if benefit.stock is not None and benefit.stock < cmd.quantity:
+        raise OutOfStock(f"benefit {benefit.code!r} has fewer than {cmd.quantity} left", field="benefit_code")
+    hold_id = None
+    if deal.points:
+        if deal.points > int(member.balance):
+            raise InsufficientPoints(
+                f"{deal.points} points needed, {max(0, int(member.balance))} available",
+                field="quantity",
+                required=deal.points,
+                available=max(0, int(member.balance)),
+            )
+        _ensure_account(conn, benefit)
+        account = benefit.capture_account
+        ledger.hold(conn, cmd.member_id, cmd.redemption_id, deal.points, capture_account=account, now=now)
+        hold_id = cmd.redemption_id
+    before = _reserve_stock(conn, benefit, cmd.quantity)
+    if before is not None:
+        codes.check_low_stock(conn, benefit.code, before=before, now=now)
+    partner = benefit.fulfilment == "partner"
+    conn.execute(
+        redemptions.insert().values(
+            member_id=cmd.member_id,
+            id=cmd.redemption_id,
+            benefit_code=benefit.code,
+            benefit_version=benefit.version,
+            quantity=cmd.quantity,
+            points=deal.points,
+            entitlement=deal.entitlement,
+            status="pending",
+            hold_id=hold_id,
+            delivery=json.dumps(cmd.delivery, ensure_ascii=False, sort_keys=True) if cmd.delivery else None,
+            partner=benefit.partner if partner else None,
+            next_attempt_at=now if partner else None,
+            deadline=now + dt.timedelta(seconds=deadline_seconds) if partner else None,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    if benefit.fulfilment == "pool":
+        codes.issue_codes(
+            conn,
+            benefit.code,
+            member_id=cmd.member_id,
+            redemption_id=cmd.redemption_id,
+            quantity=cmd.quantity,
+            now=now,
+        )
+        states.fulfilled(conn, cmd.member_id, cmd.redemption_id, reference=None, now=now)
+    elif benefit.fulfilment == "bank":
+        states.fulfilled(conn, cmd.member_id, cmd.redemption_id, reference=f"BANK-{cmd.redemption_id}", now=now)
+    return Result(201, redemption_view(conn, cmd.member_id, cmd.redemption_id, now=now))
+
+
+# ---- reading --------------------------------------------------------------------------------------------------
+
+
+def find_redemption_member(conn: Connection, redemption_id: str) -> str:
+    """The member a redemption id belongs to, found through its idempotency key."""
+    ik = idempotency_keys.c
+    member_id = conn.execute(sa.select(ik.member_id).where(ik.scope == SCOPE, ik.key == redemption_id)).scalar()
+    if member_id is None or states.current(conn, member_id, redemption_id) is None:
+        # (a key without its row was claimed by a request still in flight)
+        raise RedemptionNotFound(f"no redemption {redemption_id!r}", field="redemption_id")
+    return str(member_id)
+
+
+def cancellation_refusal(row: Any, now: dt.datetime) -> str | None:
+    """Why a redemption cannot be cancelled now, or ``None`` if it can."""
+    if row.status != "fulfilled":
+        return str(row.status)
+    if row.settled:
+        return "settled"
+    if row.cancel_until is None or now >= row.cancel_until:
+        return "window_closed"
+    return None
+
+
+def redemption_view(conn: Connection, member_id: str, redemption_id: str, *, now: dt.datetime) -> dict[str, Any]:
+    """A redemption as the API shows it, without its voucher codes."""
+    r, b = redemptions.c, benefits.c
+    row = conn.execute(
+        sa.select(redemptions, b.name, b.kind, b.fulfilment)
+        .join(benefits, b.code == r.benefit_code)
+        .where(r.member_id == member_id, r.id == redemption_id)
+    ).one()
+    return {
+        "redemption_id": row.id,
+        "member_id": row.member_id,
+        "benefit": {
+            "code": row.benefit_code,
+            "version": int(row.benefit_version),
+            "name": row.name,
+            "kind": row.kind,
+            "fulfilment": row.fulfilment,
+        },
+        "quantity": int(row.quantity),
+        "points": int(row.points),
+        "entitlement": bool(row.entitlement),
+        "status": row.status,
+        "partner": row.partner,
+        "reference": row.partner_ref,
+        "failure_reason": row.failure_reason,
+        "settled": bool(row.settled),
+        "cancel_until": iso(row.cancel_until),
+        "cancellable": cancellation_refusal(row, now) is None,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+        "fulfilled_at": iso(row.fulfilled_at),
+    }
+
+
+def issued_codes(conn: Connection, secret_key: str, view: dict[str, Any]) -> list[str]:
+    """The voucher codes issued to the redemption ``view`` shows, decrypted; none once it is cancelled."""
+    if view["benefit"]["fulfilment"] != "pool":
+        return []
+    box = codes.CodeBox(secret_key)
+    return codes.reveal(
+        conn, box, view["benefit"]["code"], member_id=view["member_id"], redemption_id=view["redemption_id"]
+    )
+
+
+# ---- cancelling -----------------------------------------------------------------------------------------------
+
+
+def cancel(conn: Connection, redemption_id: str, *, now: dt.datetime) -> Result:
+    """Cancel a fulfilled redemption within its window: points back to their lots, codes back to
+    the pool, stock back. Refused with ``not_cancellable`` and the reason otherwise."""
+    member_id = find_redemption_member(conn, redemption_id)
+    states.lock_member(conn, member_id)
+    row = states.current(conn, member_id, redemption_id)
+    reason = cancellation_refusal(row, now)
+    if reason is not None:
+        detail = {
+            "pending": "it is still being fulfilled",
+            "failed": "it failed, and its points were already returned",
+            "cancelled": "it is already cancelled",
+            "settled": "its points are spent for good",
+            "window_closed": "its cancellation window has closed",
+        }[reason]
+        raise NotCancellable(f"redemption {redemption_id!r} cannot be cancelled: {detail}", reason=reason)
+    states.cancelled(conn, member_id, redemption_id, now=now)
+    return Result(200, redemption_view(conn, member_id, redemption_id, now=now))
+
+
+# ---- what a member can get ------------------------------------------------------------------------------------
+
+
+def offer(benefit: Benefit, tier: str, available_points: int, used: Usage) -> dict[str, Any]:
+    """One benefit as a member sees it: price or entitlement, stock, limits left, and whether one
+    unit can be redeemed now (with every reason it cannot)."""
+    eligible = benefit.eligible(tier)
+    price = benefit.price(tier) if eligible else None
+    entitlement = benefit.entitlement(tier) if eligible else None
+    quota = quota_left(entitlement, used)
+    tightest = limit_left(benefit, used)
+    covered = entitlement is not None and quota >= 1
+    reasons = []
+    if price is None and entitlement is None:
+        reasons.append("not_eligible")
+    else:
+        if (tightest is not None and tightest[2] < 1) or (not covered and price is None):
+            reasons.append("limit_reached")
+        if benefit.stock is not None and benefit.stock < 1:
+            reasons.append("out_of_stock")
+        if not covered and price is not None and price > available_points:
+            reasons.append("insufficient_points")
+    return {
+        "code": benefit.code,
+        "name": benefit.name,
+        "description": benefit.description,
+        "kind": benefit.kind,
+        "fulfilment": benefit.fulfilment,
+        "face_value": benefit.face_value,
+        "price": price,
+        "points": 0 if covered else price,
+        "entitlement": None
+        if entitlement is None
+        else {
+            "quota": entitlement.quota,
+            "period": entitlement.period,
+            "used": used.entitled[entitlement.period],
+            "remaining": quota,
+        },
+        "stock": benefit.stock,
+        "limits": [
+            {
+                "period": p,
+                "limit": benefit.limits[p],
+                "used": used.units[p],
+                "remaining": max(0, benefit.limits[p] - used.units[p]),
+            }
+            for p in PERIODS
+            if p in benefit.limits
+        ],
+        "delivery": delivery_field(benefit),
+        "cancel_hours": benefit.cancel_hours,
+        "valid_until": iso(benefit.valid_until),
+        "available": not reasons,
+        "reasons": reasons,
+    }
+
+
+def member_benefits(conn: Connection, member_id: str, *, zone: dt.tzinfo, now: dt.datetime) -> dict[str, Any]:
+    """Every active benefit in its validity window, as ``member_id`` sees it now."""
+    member = _member(conn, member_id)
+    if member is None:
+        raise MemberNotFound(f"member {member_id!r} is not enrolled", field="member_id")
+    available = max(0, int(member.balance))
+    used = usage(conn, member_id, now=now, zone=zone)
+    return {
+        "member_id": member_id,
+        "tier": member.tier,
+        "available_points": available,
+        "benefits": [
+            offer(b, member.tier, available, used.get(b.code, NO_USAGE))
+            for b in all_benefits(conn)
+            if b.status == "active" and b.in_window(now)
+        ],
+    }
