@@ -79,5 +79,11 @@ JOBS: dict[str, Job] = {
             "loyalty.events.webhooks:deliver",
             {"trigger": "interval", "seconds": 5},
         ),
+        Job(
+            "fulfilment",
+            "order pending partner redemptions, ask partners about unconfirmed ones, fail those past their deadline",
+            "loyalty.fulfilment.jobs:fulfil",
+            {"trigger": "interval", "seconds": 2},
+        ),
     ]
 }
