@@ -159,7 +159,7 @@ def result_response(result: Result) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    from loyalty.api import events, jobs, members, profiles, programmes, tiers, transactions  # noqa: F401  (registers the views)
+    from loyalty.api import events, jobs, members, partners, profiles, programmes, tiers, transactions  # noqa: F401  (registers the views)
 
     rt: Runtime = app.extensions["loyalty"]
     app.extensions["loyalty_keys"] = KeyCache(rt.engine, rt.settings.api_key_cache_seconds)
