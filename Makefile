@@ -18,14 +18,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-run: $(STAMP) ## migrate the database, start the scheduler and serve the API on http://$(HOST):$(PORT)
+run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partner, serve the API on http://$(HOST):$(PORT)
 	@mkdir -p var
 	$(BIN)/loyalty db upgrade
 	$(BIN)/loyalty rules install-default
 	@echo "demo API key (all scopes): $$($(BIN)/loyalty api-keys demo)"
-# The scheduler runs in the background for as long as gunicorn does.
+# The scheduler and the sandbox partner (on 127.0.0.1:8090, where LOYALTY_PARTNERS points by
+# default) run in the background for as long as gunicorn does.
+	$(BIN)/loyalty sandbox-partner --callback-url 'http://$(HOST):$(PORT)/v1/partners/{partner}/callbacks' & sandbox=$$!; \
 	$(BIN)/loyalty scheduler & scheduler=$$!; \
-	trap 'kill $$scheduler 2>/dev/null; wait $$scheduler' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	trap 'kill $$scheduler $$sandbox 2>/dev/null; wait $$scheduler $$sandbox' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --access-logfile - wsgi:app
 
 test: $(STAMP) ## run every test on SQLite and PostgreSQL
