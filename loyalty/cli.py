@@ -11,6 +11,7 @@ import click
 
 from loyalty import Runtime, make_runtime
 from loyalty.db import transaction
+from loyalty.sandbox.partner import CALLBACK_MODES, DEFAULT_CALLBACK_URL
 
 
 @click.group()
@@ -324,14 +325,14 @@ def jobs_run(name: str, as_of: str | None) -> None:
 )
 @click.option(
     "--callbacks",
-    type=click.Choice(["off", "before", "after"]),
+    type=click.Choice(CALLBACK_MODES),
     default="off",
     show_default=True,
     help="Post each order's outcome to --callback-url before or after answering the order.",
 )
 @click.option(
     "--callback-url",
-    default="http://127.0.0.1:8000/v1/partners/{partner}/callbacks",
+    default=DEFAULT_CALLBACK_URL,
     show_default=True,
     help="Where callbacks go; {partner} becomes telecom or video.",
 )

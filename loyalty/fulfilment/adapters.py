@@ -77,10 +77,6 @@ class Answer:
     #: why it failed (the partner's words), or what went wrong when the outcome is unknown
     reason: str | None = None
 
-    @property
-    def definite(self) -> bool:
-        return self.outcome in (SUCCEEDED, FAILED)
-
 
 class Adapter:
     """One partner: its name, the base URL of its API, its secret, and the HTTP timeout."""
