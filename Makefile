@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-run: $(STAMP) ## migrate the database, start the scheduler and serve the API on http://$(HOST):$(PORT)
+run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partner, serve the API on http://$(HOST):$(PORT)
 	@mkdir -p var
 # Voucher codes are sealed under LOYALTY_SECRET_KEY: without one in the environment, a key is made once and kept.
 	@if [ -z "$$LOYALTY_SECRET_KEY" ] && [ ! -s var/secret-key ]; then \
@@ -32,9 +32,11 @@ run: $(STAMP) ## migrate the database, start the scheduler and serve the API on 
 	@$(SECRET) for benefit in $$($(BIN)/loyalty catalogue list --fulfilment pool --status active --quiet); do \
 		$(BIN)/loyalty catalogue demo-codes --if-empty $$benefit 200 || exit 1; done
 	@echo "demo API key (all scopes): $$($(BIN)/loyalty api-keys demo)"
-# The scheduler runs in the background for as long as gunicorn does.
+# The scheduler and the sandbox partner (on 127.0.0.1:8090, where LOYALTY_PARTNERS points by
+# default) run in the background for as long as gunicorn does.
+	$(BIN)/loyalty sandbox-partner --callback-url 'http://$(HOST):$(PORT)/v1/partners/{partner}/callbacks' & sandbox=$$!; \
 	$(SECRET) $(BIN)/loyalty scheduler & scheduler=$$!; \
-	trap 'kill $$scheduler 2>/dev/null; wait $$scheduler' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	trap 'kill $$scheduler $$sandbox 2>/dev/null; wait $$scheduler $$sandbox' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --access-logfile - wsgi:app
 
 test: $(STAMP) ## run every test on SQLite and PostgreSQL

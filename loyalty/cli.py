@@ -12,6 +12,7 @@ import click
 from loyalty import Runtime, make_runtime
 from loyalty.catalogue.models import FULFILMENTS, STATUSES
 from loyalty.db import transaction
+from loyalty.sandbox.partner import CALLBACK_MODES, DEFAULT_CALLBACK_URL
 
 
 @click.group()
@@ -365,3 +366,81 @@ def catalogue_demo_codes(benefit: str, count: int, if_empty: bool) -> None:
     except LoyaltyError as exc:
         raise click.ClickException(exc.detail) from None
     click.echo(f"{benefit}: added {result['added']} demo codes; stock {result['stock']}")
+
+
+@main.command("sandbox-partner")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8090, show_default=True, type=click.IntRange(0, 65535), help="0: any free port (printed)."
+)
+@click.option("--latency-ms", default=0, show_default=True, type=click.IntRange(min=0), help="Wait before answering.")
+@click.option(
+    "--failure-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of orders declined."
+)
+@click.option(
+    "--timeout-then-succeed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Deliver the next N orders at once but answer them only after --hang-ms.",
+)
+@click.option(
+    "--hang-ms",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How late those orders are answered: longer than the engine's timeout.",
+)
+@click.option(
+    "--processing-ms",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Answer orders 'processing' and complete them this much later.",
+)
+@click.option(
+    "--callbacks",
+    type=click.Choice(CALLBACK_MODES),
+    default="off",
+    show_default=True,
+    help="Post each order's outcome to --callback-url before or after answering the order.",
+)
+@click.option(
+    "--callback-url",
+    default=DEFAULT_CALLBACK_URL,
+    show_default=True,
+    help="Where callbacks go; {partner} becomes telecom or video.",
+)
+@click.option("--secret", help="The signing key [default: LOYALTY_PARTNER_SECRET, else the dev-only key].")
+@click.option("--seed", type=int, help="Decide failures from the seed and the order id, for repeatable runs.")
+def sandbox_partner(
+    host: str,
+    port: int,
+    latency_ms: int,
+    failure_rate: float,
+    timeout_then_succeed: int,
+    hang_ms: int,
+    processing_ms: int,
+    callbacks: str,
+    callback_url: str,
+    secret: str | None,
+    seed: int | None,
+) -> None:
+    """Run the sandbox partner: a telecom top-up and a video-membership provider for development
+    and tests. Change its behaviour while it runs with POST /_control (see the README)."""
+    from loyalty.config import Settings
+    from loyalty.sandbox.partner import Behaviour, Sandbox, serve
+
+    behaviour = Behaviour(
+        latency_ms=latency_ms,
+        failure_rate=failure_rate,
+        timeout_then_succeed=timeout_then_succeed,
+        hang_ms=hang_ms,
+        processing_ms=processing_ms,
+        callbacks=callbacks,
+        seed=seed,
+    )
+    sandbox = Sandbox(
+        secret=secret or Settings.from_env().partner_secret, callback_url=callback_url, behaviour=behaviour
+    )
+    serve(host, port, sandbox)

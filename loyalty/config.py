@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from loyalty.fulfilment.adapters import ADAPTERS, partner_kind
 from loyalty.ledger.service import CLAWBACK_POLICIES
 
 DEFAULT_DATABASE_URL = "sqlite:///var/loyalty.db"
@@ -17,6 +19,23 @@ WEBHOOK_SETTINGS = {
     "webhook_backoff_seconds": "LOYALTY_WEBHOOK_BACKOFF_SECONDS",
     "webhook_backoff_max_seconds": "LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS",
 }
+#: Where ``loyalty sandbox-partner`` listens unless told otherwise.
+SANDBOX_PARTNER_URL = "http://127.0.0.1:8090"
+#: The partners the engine knows unless ``LOYALTY_PARTNERS`` says otherwise: the sandbox's two.
+DEFAULT_PARTNERS = {"telecom": f"{SANDBOX_PARTNER_URL}/telecom", "video": f"{SANDBOX_PARTNER_URL}/video"}
+#: The key partner requests and callbacks are signed with unless ``LOYALTY_PARTNER_SECRET`` is set.
+#: It is published here, so it is for the sandbox partner on a developer's machine only.
+DEV_PARTNER_SECRET = "loyalty-sandbox-partner-dev-only"  # noqa: S105  (public by design)
+#: Integer fulfilment settings and the environment variables that set them.
+PARTNER_SETTINGS = {
+    "partner_timeout_seconds": "LOYALTY_PARTNER_TIMEOUT_SECONDS",
+    "partner_backoff_seconds": "LOYALTY_PARTNER_BACKOFF_SECONDS",
+    "partner_backoff_max_seconds": "LOYALTY_PARTNER_BACKOFF_MAX_SECONDS",
+    "partner_max_attempts": "LOYALTY_PARTNER_MAX_ATTEMPTS",
+}
+PARTNER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+#: Secrets shorter than this are refused.
+MIN_SECRET_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,25 @@ class Settings:
     webhook_backoff_max_seconds: int = 3600
     #: seconds a partner has to fulfil a redemption before the fulfilment job resolves it
     fulfilment_deadline_seconds: int = 600
+    #: fulfilment partners: name -> base URL of its API. A name starts with its kind (``telecom``,
+    #: ``video``, or ``telecom-...``), which chooses the adapter that speaks to it.
+    partners: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PARTNERS))
+    #: the key requests to partners and partners' callbacks are signed with ...
+    partner_secret: str = DEV_PARTNER_SECRET
+    #: ... unless the partner has its own here (``LOYALTY_PARTNER_SECRET_<NAME>``)
+    partner_secrets: dict[str, str] = field(default_factory=dict)
+    #: seconds to wait for a partner's connection and each read of its answer
+    partner_timeout_seconds: int = 5
+    #: the wait before asking a partner again about an unconfirmed order: a random delay up to
+    #: base x 2^(attempts - 1) ...
+    partner_backoff_seconds: int = 5
+    #: ... and never more than this
+    partner_backoff_max_seconds: int = 300
+    #: after this many unconfirmed attempts the job asks only once more, at the redemption's deadline
+    partner_max_attempts: int = 10
+
+    def partner_secret_for(self, partner: str) -> str:
+        return self.partner_secrets.get(partner, self.partner_secret)
 
     def __post_init__(self) -> None:
         if self.clawback_policy not in CLAWBACK_POLICIES:
@@ -61,6 +99,26 @@ class Settings:
             raise ValueError("LOYALTY_FULFILMENT_DEADLINE_SECONDS must be a positive integer")
         if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
             raise ValueError("LOYALTY_WEBHOOK_BACKOFF_MAX_SECONDS must be at least LOYALTY_WEBHOOK_BACKOFF_SECONDS")
+        for name, env in PARTNER_SETTINGS.items():
+            if getattr(self, name) < 1:
+                raise ValueError(f"{env} must be a positive integer")
+        if self.partner_backoff_max_seconds < self.partner_backoff_seconds:
+            raise ValueError("LOYALTY_PARTNER_BACKOFF_MAX_SECONDS must be at least LOYALTY_PARTNER_BACKOFF_SECONDS")
+        for partner, url in self.partners.items():
+            if not PARTNER_NAME.fullmatch(partner):
+                raise ValueError(
+                    f"LOYALTY_PARTNERS: {partner!r} is not a partner name (lower-case letters, digits, - and _)"
+                )
+            if partner_kind(partner) not in ADAPTERS:
+                raise ValueError(
+                    f"LOYALTY_PARTNERS: {partner!r} starts with no partner kind; kinds: {', '.join(ADAPTERS)}"
+                )
+            if not re.fullmatch(r"https?://[^\s/@]+(/[^\s?#]*)?", url):
+                raise ValueError(f"LOYALTY_PARTNERS: {partner}'s URL {url!r} is not an http(s) URL without credentials")
+        for partner, secret in {"": self.partner_secret, **self.partner_secrets}.items():
+            if len(secret) < MIN_SECRET_LENGTH:
+                var = f"LOYALTY_PARTNER_SECRET_{env_suffix(partner)}" if partner else "LOYALTY_PARTNER_SECRET"
+                raise ValueError(f"{var} must be at least {MIN_SECRET_LENGTH} characters")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -94,6 +152,20 @@ class Settings:
                 values["fulfilment_deadline_seconds"] = int(deadline)
             except ValueError:
                 raise ValueError(f"LOYALTY_FULFILMENT_DEADLINE_SECONDS must be an integer, not {deadline!r}") from None
+        for name, var in PARTNER_SETTINGS.items():
+            if var in env:
+                try:
+                    values[name] = int(env[var])
+                except ValueError:
+                    raise ValueError(f"{var} must be an integer, not {env[var]!r}") from None
+        if "LOYALTY_PARTNERS" in env:
+            values["partners"] = parse_partners(env["LOYALTY_PARTNERS"])
+        if "LOYALTY_PARTNER_SECRET" in env:
+            values["partner_secret"] = env["LOYALTY_PARTNER_SECRET"]
+        partners = values.get("partners", overrides.get("partners", DEFAULT_PARTNERS))
+        values["partner_secrets"] = {
+            p: env[var] for p in partners if (var := f"LOYALTY_PARTNER_SECRET_{env_suffix(p)}") in env
+        }
         values.update(overrides)
         return cls(**values)
 
@@ -107,3 +179,20 @@ def parse_job_intervals(text: str) -> dict[str, int]:
             raise ValueError(f"LOYALTY_JOB_INTERVALS: {item!r} is not NAME=SECONDS with SECONDS a whole number from 1")
         intervals[name.strip()] = int(seconds)
     return intervals
+
+
+def parse_partners(text: str) -> dict[str, str]:
+    """``telecom=http://host/telecom,video=http://host/video``: partner name to the base URL of its API
+    (a trailing ``/`` is dropped). Empty: no partners."""
+    partners: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise ValueError(f"LOYALTY_PARTNERS: {item!r} is not NAME=URL")
+        partners[name.strip()] = url.strip().rstrip("/")
+    return partners
+
+
+def env_suffix(partner: str) -> str:
+    """The end of the variable that holds a partner's own secret: ``telecom-cmcc`` -> ``TELECOM_CMCC``."""
+    return partner.upper().replace("-", "_")

@@ -164,6 +164,7 @@ def init_app(app: Flask) -> None:
         events,
         jobs,
         members,
+        partners,
         profiles,
         programmes,
         redemptions,

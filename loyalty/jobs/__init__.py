@@ -85,5 +85,11 @@ JOBS: dict[str, Job] = {
             "loyalty.redemption.jobs:settle",
             {"trigger": "interval", "seconds": 60},
         ),
+        Job(
+            "fulfilment",
+            "order pending partner redemptions, ask partners about unconfirmed ones, fail those past their deadline",
+            "loyalty.fulfilment.jobs:fulfil",
+            {"trigger": "interval", "seconds": 2},
+        ),
     ]
 }
