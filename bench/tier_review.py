@@ -98,7 +98,7 @@ def stage_params(bounds: StageBounds, maturity_tiers: list[str]) -> dict[str, An
 
 
 def generate(engine: sa.Engine, n: int, as_of: dt.datetime, maturity_tiers: list[str]) -> None:
-    """Members and their history, all set-based. Deterministic for a given ``n`` (fixed seed)."""
+    """Members and their history, all set-based, from random draws with a fixed seed."""
     day = as_of.astimezone(ZONE).date()
     prior = StageBounds.at(_lifecycle(), as_of - STAGES_DECIDED_BEFORE)
     p = {"n": n, "asof": as_of, "day": day, "prevq": PREVIOUS_QUARTER}
