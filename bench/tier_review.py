@@ -75,9 +75,9 @@ OTHER_CHANNELS = ["branch", "pos", "atm"]
 PRODUCTS = ["card", "deposit", "fund", "insurance", "loan", "mortgage", "wealth"]
 
 
-def stage_sql(bounds: StageBounds, tier: str) -> str:
-    """A member's lifecycle stage as SQL over ``members`` columns, with the job's rules and ``bounds``.
-    Uses the bound parameters ``:act``, ``:decl``, ``:churn``, ``:mat``, ``:mtiers``."""
+def stage_sql(tier: str) -> str:
+    """A member's lifecycle stage as SQL over ``members`` columns, with the job's rules, taking the
+    stage bounds from the parameters ``:act``, ``:decl``, ``:churn``, ``:mat``, ``:mtiers`` (:func:`stage_params`)."""
     return f"""CASE
         WHEN first_transaction_at IS NULL OR last_transaction_at IS NULL THEN 'acquisition'
         WHEN last_transaction_at <= :churn THEN 'win_back'
@@ -191,7 +191,7 @@ def generate(engine: sa.Engine, n: int, as_of: dt.datetime, maturity_tiers: list
                        lifecycle_stage, lifecycle_since, first_transaction_at, last_transaction_at)
                SELECT member_id, birth_date, enrolled_at, channel, enrolled_at, tier, tier_since,
                       override_tier, override_until, override_reason, :prevq,
-                      {stage_sql(prior, "tier")}, lifecycle_since, first_transaction_at, last_transaction_at
+                      {stage_sql("tier")}, lifecycle_since, first_transaction_at, last_transaction_at
                  FROM (
                    SELECT g.member_id,
                           (:day - make_interval(years => g.age) - g.birth_offset * interval '1 day')::date
@@ -461,7 +461,7 @@ def baseline_metrics(engine: sa.Engine, as_of: dt.datetime, digital: list[str], 
 
 def baseline_stages(engine: sa.Engine, as_of: dt.datetime, lifecycle: Any) -> tuple[float, int]:
     bounds = StageBounds.at(lifecycle, as_of)
-    sql = f"SELECT count(*) FILTER (WHERE ({stage_sql(bounds, 'tier')}) <> lifecycle_stage) FROM members"
+    sql = f"SELECT count(*) FILTER (WHERE ({stage_sql('tier')}) <> lifecycle_stage) FROM members"
     with engine.connect() as conn:
         t0 = time.perf_counter()
         n = conn.execute(sa.text(sql), stage_params(bounds, list(lifecycle.maturity_tiers))).scalar_one()
