@@ -49,6 +49,7 @@ lint: $(STAMP) ## ruff and mypy
 bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/rules.py
 	PYTHONPATH=. $(BIN)/python bench/backtest.py
+	PYTHONPATH=. $(BIN)/python bench/tier_review.py
 	$(BIN)/python bench/accrual.py
 
 clean: ## remove the virtualenv and the local database

@@ -37,7 +37,8 @@ transactions = sa.Table(
     sa.CheckConstraint("reversed_points >= 0 AND reversed_points <= points", name="reversed_points_in_range"),
     sa.CheckConstraint(sa.column("type").in_(TRANSACTION_TYPES), name="type"),
     sa.Index("ix_transactions_occurred_at", "occurred_at"),
-    sa.Index("ix_transactions_member_id_occurred_at", "member_id", "occurred_at"),
+    #: a member's transactions in time order; tier metrics count them by channel from the index alone (PostgreSQL)
+    sa.Index("ix_transactions_member_id_occurred_at", "member_id", "occurred_at", postgresql_include=["channel"]),
 )
 
 reversals = sa.Table(

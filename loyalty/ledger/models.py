@@ -110,8 +110,11 @@ point_lots = sa.Table(
         sqlite_where=sa.text("remaining > 0"),
         postgresql_where=sa.text("remaining > 0"),
     ),
-    #: for caps: what a member earned from each rule in a day or month
-    sa.Index("ix_point_lots_member_id_earned_at", "member_id", "earned_at"),
+    #: for caps: what a member earned from each rule in a day or month; for tier metrics, the
+    #: qualifying points earned in a window, read from the index alone (PostgreSQL)
+    sa.Index(
+        "ix_point_lots_member_id_earned_at", "member_id", "earned_at", postgresql_include=["qualifying", "original"]
+    ),
 )
 
 #: Which entry took how many points from which lot, so it can be undone.

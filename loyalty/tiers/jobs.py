@@ -23,17 +23,20 @@ from loyalty.ledger import service as ledger
 from loyalty.ledger.models import point_lots
 from loyalty.members.models import member_profiles, members
 from loyalty.tiers.service import apply_stages, apply_tiers
+from loyalty.tiers.sql import KeyRange
 from rules import evaluate
 
 #: Members per chunk (one transaction each).
 CHUNK = 20_000
 
 
-def ranges(rt: Runtime, where: Any, size: int = CHUNK) -> Iterator[Any]:
-    """Conditions selecting successive chunks of at most ``size`` members matching ``where``, by member id.
+def ranges(rt: Runtime, where: Any, size: int | None = None) -> Iterator[tuple[Any, KeyRange]]:
+    """Successive chunks of at most ``size`` (default :data:`CHUNK`) members matching ``where``, by
+    member id: each as a condition selecting its members and the range of member ids it lies in.
 
     Each chunk's bounds are read when it is due, so members a chunk takes out of
     ``where`` (a review marks them reviewed) do not shift later chunks."""
+    size = size or CHUNK
     m = members.c
     last: str | None = None
     while True:
@@ -43,9 +46,9 @@ def ranges(rt: Runtime, where: Any, size: int = CHUNK) -> Iterator[Any]:
                 sa.select(m.member_id).where(where, after).order_by(m.member_id).offset(size - 1).limit(1)
             ).scalar()
         if hi is None:
-            yield sa.and_(where, after)
+            yield sa.and_(where, after), (last, None)
             return
-        yield sa.and_(where, after, m.member_id <= hi)
+        yield sa.and_(where, after, m.member_id <= hi), (last, hi)
         last = hi
 
 
@@ -75,10 +78,12 @@ def tier_review(rt: Runtime, as_of: dt.datetime) -> Outcome:
     m = members.c
     pending = sa.or_(m.tier_reviewed.is_(None), m.tier_reviewed != period)
     reviewed = changed = 0
-    for chunk in ranges(rt, pending):
+    for chunk, key_range in ranges(rt, pending):
         with transaction(rt.engine) as conn:
             lock(conn, chunk)
-            changed += apply_tiers(conn, chunk, mode="review", programme=programme, as_of=as_of, now=as_of)
+            changed += apply_tiers(
+                conn, chunk, mode="review", programme=programme, as_of=as_of, now=as_of, key_range=key_range
+            )
             reviewed += conn.execute(members.update().where(chunk).values(tier_reviewed=period)).rowcount
     return Outcome(rows=changed, detail=f"{period}: {reviewed} members reviewed, {changed} changed tier")
 
@@ -87,7 +92,7 @@ def lifecycle(rt: Runtime, as_of: dt.datetime) -> Outcome:
     """Recompute every member's lifecycle stage as of ``as_of`` (decline and win-back come with time alone)."""
     programme = rt.programmes.at(as_of)
     changed = 0
-    for chunk in ranges(rt, sa.true()):
+    for chunk, _ in ranges(rt, sa.true()):
         with transaction(rt.engine) as conn:
             lock(conn, chunk)
             changed += apply_stages(conn, chunk, programme=programme, as_of=as_of, now=as_of, source="job")

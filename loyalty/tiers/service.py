@@ -450,10 +450,14 @@ def apply_tiers(
     programme: Programme,
     as_of: dt.datetime,
     now: dt.datetime,
+    key_range: tsql.KeyRange | None = None,
 ) -> int:
     """Decide the tier of every member matching ``members_filter`` in SQL and write the changes
     (members, history, events). ``mode`` ``event`` only upgrades; ``review`` also moves members
-    who no longer qualify down one step and clears ended overrides. Returns how many changed."""
+    who no longer qualify down one step and clears ended overrides. Returns how many changed.
+
+    ``key_range``: a range of member ids every member ``members_filter`` selects lies in
+    (a job's chunk), so the metrics read only that range (:func:`loyalty.tiers.sql.metrics_query`)."""
     assert mode in MODES
     ladder = programme.ladder
     window = tsql.Window.at(ladder, as_of, programme.zone)
@@ -465,7 +469,7 @@ def apply_tiers(
             .where(members_filter, m.override_tier.is_not(None), m.override_until <= as_of)
             .values(override_tier=None, override_until=None, override_reason=None)
         )
-    row = tsql.metrics_query(ladder, window, sa.and_(members_filter, sa.not_(pinned))).c
+    row = tsql.metrics_query(ladder, window, sa.and_(members_filter, sa.not_(pinned)), key_range).c
     qualified, reason = tsql.qualification(ladder, row, window)
     current = tsql.rank_of(ladder, row.tier)
     known = row.tier.in_(ladder.codes)

@@ -53,15 +53,40 @@ def years_before(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year - years, day=28)
 
 
-def metrics_query(ladder: Ladder, window: Window, members_filter: Any) -> sa.Subquery:
+#: A range of member ids: those greater than the first (``None``: from the first member)
+#: up to and including the second (``None``: to the last).
+KeyRange = tuple[str | None, str | None]
+
+
+def in_range(column: Any, key_range: KeyRange | None) -> sa.ColumnElement[bool]:
+    """``column`` (a member id) lies in ``key_range``; always true without a range."""
+    after, upto = key_range or (None, None)
+    return sa.and_(
+        sa.true(),
+        *([column > after] if after is not None else []),
+        *([column <= upto] if upto is not None else []),
+    )
+
+
+def metrics_query(
+    ladder: Ladder, window: Window, members_filter: Any, key_range: KeyRange | None = None
+) -> sa.Subquery:
     """One row per member matching ``members_filter`` (a condition on ``members``) with
-    its current tier state and every metric of :data:`rules.tiers.METRICS`."""
+    its current tier state and every metric of :data:`rules.tiers.METRICS`.
+
+    ``key_range``, when every member ``members_filter`` selects lies in it, is repeated
+    on each table the metrics are read from, so that each is read through its
+    member_id index over that range only. Without it PostgreSQL, which cannot
+    carry a range from ``members`` over the joins, reads a job's chunk by hashing
+    the whole of ``point_lots``, ``transactions`` and ``member_profiles``: every
+    table once per chunk."""
     m, p, pl, r, t = members.c, member_profiles.c, point_lots.c, reversals.c, transactions.c
     chosen = sa.select(m.member_id).where(members_filter)
     earned = (
         sa.select(pl.member_id, sa.func.sum(pl.original).label("points"))
         .where(
             pl.member_id.in_(chosen),
+            in_range(pl.member_id, key_range),
             pl.qualifying.is_(True),
             pl.earned_at > window.qualifying_since,
             pl.earned_at <= window.as_of,
@@ -73,6 +98,7 @@ def metrics_query(ladder: Ladder, window: Window, members_filter: Any) -> sa.Sub
         sa.select(r.member_id, sa.func.sum(r.qualifying_points).label("points"))
         .where(
             r.member_id.in_(chosen),
+            in_range(r.member_id, key_range),
             r.created_at > window.qualifying_since,
             r.created_at <= window.as_of,
         )
@@ -86,7 +112,12 @@ def metrics_query(ladder: Ladder, window: Window, members_filter: Any) -> sa.Sub
             sa.func.count().label("n"),
             sa.func.sum(digital).label("digital"),
         )
-        .where(t.member_id.in_(chosen), t.occurred_at > window.activity_since, t.occurred_at <= window.as_of)
+        .where(
+            t.member_id.in_(chosen),
+            in_range(t.member_id, key_range),
+            t.occurred_at > window.activity_since,
+            t.occurred_at <= window.as_of,
+        )
         .group_by(t.member_id)
         .subquery("activity")
     )
@@ -111,7 +142,7 @@ def metrics_query(ladder: Ladder, window: Window, members_filter: Any) -> sa.Sub
             ).label("product_count"),
         )
         .select_from(
-            members.outerjoin(member_profiles, p.member_id == m.member_id)
+            members.outerjoin(member_profiles, sa.and_(p.member_id == m.member_id, in_range(p.member_id, key_range)))
             .outerjoin(earned, earned.c.member_id == m.member_id)
             .outerjoin(refunded, refunded.c.member_id == m.member_id)
             .outerjoin(activity, activity.c.member_id == m.member_id)
