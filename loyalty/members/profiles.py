@@ -19,11 +19,9 @@ from sqlalchemy.engine import Connection
 
 from loyalty.db import is_postgres
 from loyalty.errors import Conflict, MemberNotFound
-from loyalty.events.service import emit
-from loyalty.ledger import service as ledger
 from loyalty.ledger.models import journal_entries, member_accounts
 from loyalty.members.models import member_profiles, members
-from loyalty.members.service import iso
+from loyalty.members.service import credit_bonus, iso
 from loyalty.tiers.service import reassess
 from rules import Programme, evaluate
 
@@ -158,32 +156,7 @@ def award_completion(conn: Connection, member_id: str, *, programme: Programme, 
     if done is not None:
         return
     awards = evaluate(programme, "profile_completed", {"occurred_at": now})
-    if not awards:
-        return
-    posted = ledger.accrue(
-        conn,
-        member_id,
-        awards,
-        kind="bonus",
-        source_ref="profile_completed",
-        earned_at=now,
-        expiry_months=programme.expiry_months,
-        now=now,
-        programme_version=programme.version,
-    )
-    emit(
-        conn,
-        "points.accrued",
-        member_id=member_id,
-        payload={
-            "source": "profile_completed",
-            "entry_id": posted.entry_id,
-            "points": posted.points,
-            "balance": posted.balance_after,
-            "rules": [a.rule_id for a in awards],
-        },
-        now=now,
-    )
+    credit_bonus(conn, member_id, awards, source="profile_completed", programme=programme, now=now)
 
 
 def get_profile(conn: Connection, member_id: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from loyalty.ledger import service as ledger
 from loyalty.ledger.models import journal_entries, member_accounts, point_lots
 from loyalty.members.models import members
 from loyalty.tiers import service as tiers
-from rules import Programme, evaluate
+from rules import Award, Programme, evaluate
 
 EXPIRY_WINDOWS = (30, 60, 90)
 
@@ -57,32 +57,51 @@ def enrol(conn: Connection, cmd: Enrolment, *, programme: Programme, now: dt.dat
         )
         tiers.on_enrolment(conn, cmd.member_id, programme=programme, now=now)
         awards = evaluate(programme, "account_opened", {"channel": cmd.channel})
-        if awards:
-            posted = ledger.accrue(
-                conn,
-                cmd.member_id,
-                awards,
-                kind="bonus",
-                source_ref="account_opened",
-                earned_at=now,
-                expiry_months=programme.expiry_months,
-                now=now,
-                programme_version=programme.version,
-            )
-            emit(
-                conn,
-                "points.accrued",
-                member_id=cmd.member_id,
-                payload={
-                    "source": "account_opened",
-                    "entry_id": posted.entry_id,
-                    "points": posted.points,
-                    "balance": posted.balance_after,
-                    "rules": [a.rule_id for a in awards],
-                },
-                now=now,
-            )
+        credit_bonus(conn, cmd.member_id, awards, source="account_opened", programme=programme, now=now)
     return created is not None, member_view(conn, cmd.member_id, programme=programme, now=now)
+
+
+def credit_bonus(
+    conn: Connection,
+    member_id: str,
+    awards: list[Award],
+    *,
+    source: str,
+    programme: Programme,
+    now: dt.datetime,
+    source_ref: str | None = None,
+    earned_at: dt.datetime | None = None,
+) -> None:
+    """Credit a bonus (not a transaction's accrual) and emit its ``points.accrued`` event.
+
+    ``source`` names what caused it (``account_opened``, ``birthday``, ...);
+    ``source_ref`` makes it once per member (default: ``source``)."""
+    if not awards:
+        return
+    posted = ledger.accrue(
+        conn,
+        member_id,
+        awards,
+        kind="bonus",
+        source_ref=source_ref or source,
+        earned_at=earned_at or now,
+        expiry_months=programme.expiry_months,
+        now=now,
+        programme_version=programme.version,
+    )
+    emit(
+        conn,
+        "points.accrued",
+        member_id=member_id,
+        payload={
+            "source": source,
+            "entry_id": posted.entry_id,
+            "points": posted.points,
+            "balance": posted.balance_after,
+            "rules": [a.rule_id for a in awards],
+        },
+        now=earned_at or now,
+    )
 
 
 def member_view(conn: Connection, member_id: str, *, programme: Programme, now: dt.datetime) -> dict[str, Any]:

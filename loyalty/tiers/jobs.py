@@ -19,9 +19,9 @@ from loyalty.db import UTCDateTime, insert_ignore, is_postgres, transaction
 from loyalty.events.models import events
 from loyalty.events.service import emit, json_object
 from loyalty.jobs import Outcome
-from loyalty.ledger import service as ledger
 from loyalty.ledger.models import point_lots
 from loyalty.members.models import member_profiles, members
+from loyalty.members.service import credit_bonus
 from loyalty.tiers.service import apply_stages, apply_tiers
 from loyalty.tiers.sql import KeyRange
 from rules import evaluate
@@ -149,29 +149,15 @@ def birthdays(rt: Runtime, as_of: dt.datetime) -> Outcome:
                 awards = evaluate(programme, "birthday", {**facts, "occurred_at": as_of})
                 if not awards:
                     continue
-                posted = ledger.accrue(
+                credit_bonus(
                     conn,
                     r.member_id,
                     awards,
-                    kind="bonus",
+                    source="birthday",
                     source_ref=f"birthday:{day.year}",
-                    earned_at=as_of,
-                    expiry_months=programme.expiry_months,
+                    programme=programme,
                     now=rt.now(),
-                    programme_version=programme.version,
-                )
-                emit(
-                    conn,
-                    "points.accrued",
-                    member_id=r.member_id,
-                    payload={
-                        "source": "birthday",
-                        "entry_id": posted.entry_id,
-                        "points": posted.points,
-                        "balance": posted.balance_after,
-                        "rules": [a.rule_id for a in awards],
-                    },
-                    now=as_of,
+                    earned_at=as_of,
                 )
                 awarded += 1
             last = rows[-1].member_id
