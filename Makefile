@@ -50,6 +50,7 @@ bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/rules.py
 	PYTHONPATH=. $(BIN)/python bench/backtest.py
 	$(BIN)/python bench/accrual.py
+	PYTHONPATH=. $(BIN)/python bench/redemption.py
 
 clean: ## remove the virtualenv and the local database
 	rm -rf $(VENV) var
