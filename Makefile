@@ -51,6 +51,7 @@ bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/backtest.py
 	PYTHONPATH=. $(BIN)/python bench/tier_review.py
 	$(BIN)/python bench/accrual.py
+	PYTHONPATH=. $(BIN)/python bench/redemption.py
 
 clean: ## remove the virtualenv and the local database
 	rm -rf $(VENV) var
