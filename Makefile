@@ -37,7 +37,7 @@ run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partn
 	$(BIN)/loyalty sandbox-partner --callback-url 'http://$(HOST):$(PORT)/v1/partners/{partner}/callbacks' & sandbox=$$!; \
 	$(SECRET) $(BIN)/loyalty scheduler & scheduler=$$!; \
 	trap 'kill $$scheduler $$sandbox 2>/dev/null; wait $$scheduler $$sandbox' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --access-logfile - wsgi:app
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --timeout 120 --access-logfile - wsgi:app
 
 test: $(STAMP) ## run every test on SQLite and PostgreSQL
 	$(BIN)/pytest

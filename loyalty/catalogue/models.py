@@ -87,5 +87,8 @@ voucher_codes = sa.Table(
     sa.Column("issued_at", UTCDateTime),
     sa.CheckConstraint(sa.column("status").in_(CODE_STATUSES), name="status"),
     sa.Index("ix_voucher_codes_benefit_code_digest", "benefit_code", "digest", unique=True),
-    sa.Index("ix_voucher_codes_benefit_code_status", "benefit_code", "status"),
+    #: the next available codes, in upload order, without sorting the pool
+    sa.Index("ix_voucher_codes_benefit_code_status_uploaded_at_id", "benefit_code", "status", "uploaded_at", "id"),
+    #: the codes of one redemption
+    sa.Index("ix_voucher_codes_benefit_code_redemption_id", "benefit_code", "redemption_id"),
 )
