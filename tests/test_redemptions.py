@@ -27,7 +27,7 @@ from loyalty.events.models import events
 from loyalty.jobs import JOBS
 from loyalty.jobs.runner import run_job
 from loyalty.ledger import verify
-from loyalty.ledger.models import holds, journal_entries, member_accounts, point_lots, postings
+from loyalty.ledger.models import accounts, holds, journal_entries, member_accounts, point_lots, postings
 from loyalty.members import service as members_service
 from loyalty.members.models import members
 from loyalty.members.service import Enrolment
@@ -88,6 +88,8 @@ def add_benefit(rt: Runtime, code: str = "b1", **over: Any) -> None:
         row[name] = json.dumps(row[name])
     with transaction(rt.engine) as conn:
         conn.execute(benefits.insert().values(**row))
+        # what creating a benefit through the catalogue also does
+        conn.execute(accounts.insert().values(code=f"redeemed:{code}", kind="redeemed", name=f"Benefit {code}"))
 
 
 def add_codes(rt: Runtime, benefit_code: str, *values: str) -> None:

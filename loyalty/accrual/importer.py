@@ -119,7 +119,7 @@ def import_file(
         bar = click.progressbar(length=total, label="importing", file=None if progress else io.StringIO())
         with bar:
             states: dict[str, _MemberState] = {}
-            for chunk in _chunks(reader, chunk_size):
+            for chunk in chunks(reader, chunk_size):
                 _import_chunk(rt, chunk, summary, rejects, states)
                 bar.update(len(chunk))
     if summary.rejected == 0:
@@ -127,7 +127,7 @@ def import_file(
     return summary
 
 
-def _chunks(reader: csv.DictReader[str], size: int) -> Iterator[list[tuple[int, dict[str, str]]]]:
+def chunks(reader: csv.DictReader[str], size: int) -> Iterator[list[tuple[int, dict[str, str]]]]:
     chunk: list[tuple[int, dict[str, str]]] = []
     for row in reader:
         chunk.append((reader.line_num, row))

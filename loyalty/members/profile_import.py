@@ -33,6 +33,7 @@ from marshmallow import ValidationError as MarshmallowError
 from sqlalchemy.engine import Connection
 
 from loyalty import Runtime
+from loyalty.accrual.importer import chunks
 from loyalty.api.schemas import ID, load_profile
 from loyalty.db import is_postgres, transaction
 from loyalty.errors import LoyaltyError, ValidationError
@@ -127,7 +128,7 @@ def import_file(
         rejects.writerow(["line", "member_id", "reason"])
         bar = click.progressbar(length=total, label="importing", file=None if progress else io.StringIO())
         with bar:
-            for chunk in _chunks(reader, chunk_size):
+            for chunk in chunks(reader, chunk_size):
                 try:
                     refused = _import_chunk(rt, chunk, summary)
                 except (sa.exc.SQLAlchemyError, LoyaltyError) as exc:
@@ -142,17 +143,6 @@ def import_file(
     if summary.rejected == 0:
         rejects_path.unlink()
     return summary
-
-
-def _chunks(reader: csv.DictReader[str], size: int) -> Iterator[list[tuple[int, dict[str, str]]]]:
-    chunk: list[tuple[int, dict[str, str]]] = []
-    for row in reader:
-        chunk.append((reader.line_num, row))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _import_chunk(rt: Runtime, chunk: list[tuple[int, dict[str, str]]], summary: Summary) -> list[list[Any]]:

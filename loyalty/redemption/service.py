@@ -38,10 +38,9 @@ from loyalty.accrual.service import Result, claim_key, request_hash
 from loyalty.catalogue import codes
 from loyalty.catalogue.model import Benefit, Entitlement, all_benefits, benefit_from_row
 from loyalty.catalogue.models import PERIODS, benefits
-from loyalty.db import insert_ignore
 from loyalty.errors import IdempotencyConflict, InsufficientPoints, MemberNotFound, UnknownMember, ValidationError
 from loyalty.ledger import service as ledger
-from loyalty.ledger.models import accounts, member_accounts
+from loyalty.ledger.models import member_accounts
 from loyalty.members.models import members
 from loyalty.members.service import iso
 from loyalty.redemption import states
@@ -251,18 +250,6 @@ def _member(conn: Connection, member_id: str) -> Any:
     ).first()
 
 
-def _ensure_account(conn: Connection, benefit: Benefit) -> None:
-    """The benefit's ``redeemed:`` account, made on its first redemption (looked up first, so
-    redemptions of a benefit that has one never write to the chart of accounts)."""
-    code = benefit.capture_account
-    if conn.execute(sa.select(accounts.c.code).where(accounts.c.code == code)).first() is None:
-        conn.execute(
-            insert_ignore(conn, accounts).values(
-                code=code, kind="redeemed", name=f"Points redeemed for {benefit.name}"[:200]
-            )
-        )
-
-
 def _reserve_stock(conn: Connection, benefit: Benefit, quantity: int) -> int | None:
     """Take ``quantity`` units of a limited stock in one conditional UPDATE; returns the stock before.
     Unlimited stock (NULL) is not touched, so it never becomes a row every redemption locks."""
@@ -318,7 +305,6 @@ def redeem(
                 required=deal.points,
                 available=max(0, int(member.balance)),
             )
-        _ensure_account(conn, benefit)
         account = benefit.capture_account
         ledger.hold(conn, cmd.member_id, cmd.redemption_id, deal.points, capture_account=account, now=now)
         hold_id = cmd.redemption_id
