@@ -42,9 +42,10 @@ run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partn
 test: $(STAMP) ## run every test on SQLite and PostgreSQL
 	$(BIN)/pytest
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and the import contracts (layers point down, no cycles)
 	$(BIN)/ruff check loyalty rules tests bench migrations
 	$(BIN)/mypy loyalty rules
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/rules.py

@@ -3,7 +3,7 @@
 Makes a scratch PostgreSQL database, loads members, transactions and their
 point lots with set-based SQL (as booking would have left them: the default
 programme's 1 point per CNY of card spend), then times
-``loyalty.programmes.backtest.run`` over the whole period with a candidate
+``loyalty.accrual.backtest.run`` over the whole period with a candidate
 that doubles card-spend points. The baseline, measured in the same run, is
 streaming the same rows through the same server-side cursor without
 evaluating anything, so the figure shows what the rules and the report cost
@@ -29,9 +29,9 @@ import sqlalchemy as sa
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from loyalty.accrual import backtest  # noqa: E402
 from loyalty.db import make_engine  # noqa: E402
 from loyalty.migrate import upgrade  # noqa: E402
-from loyalty.programmes import backtest  # noqa: E402
 from loyalty.programmes.service import installed  # noqa: E402
 from rules import default_document, load_programme  # noqa: E402
 

@@ -50,14 +50,14 @@ import sqlalchemy as sa
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from loyalty import make_runtime  # noqa: E402
+from loyalty import calendar  # noqa: E402
 from loyalty.config import Settings  # noqa: E402
 from loyalty.jobs.runner import run_job  # noqa: E402
 from loyalty.migrate import upgrade  # noqa: E402
 from loyalty.programmes.service import installed  # noqa: E402
+from loyalty.runtime import make_runtime  # noqa: E402
 from loyalty.tiers import jobs as tier_jobs  # noqa: E402
-from loyalty.tiers.jobs import quarter  # noqa: E402
-from loyalty.tiers.sql import Window  # noqa: E402
+from loyalty.tiers.sql import Window, stage_bounds  # noqa: E402
 from rules.tiers import StageBounds  # noqa: E402
 
 TARGET_SECONDS = 60.0
@@ -100,7 +100,7 @@ def stage_params(bounds: StageBounds, maturity_tiers: list[str]) -> dict[str, An
 def generate(engine: sa.Engine, n: int, as_of: dt.datetime, maturity_tiers: list[str]) -> None:
     """Members and their history, all set-based, from random draws with a fixed seed."""
     day = as_of.astimezone(ZONE).date()
-    prior = StageBounds.at(_lifecycle(), as_of - STAGES_DECIDED_BEFORE)
+    prior = stage_bounds(_lifecycle(), as_of - STAGES_DECIDED_BEFORE, ZONE)
     p = {"n": n, "asof": as_of, "day": day, "prevq": PREVIOUS_QUARTER}
     steps: list[tuple[str, str]] = [
         ("random draws", "SELECT setseed(0.42)"),
@@ -460,7 +460,7 @@ def baseline_metrics(engine: sa.Engine, as_of: dt.datetime, digital: list[str], 
 
 
 def baseline_stages(engine: sa.Engine, as_of: dt.datetime, lifecycle: Any) -> tuple[float, int]:
-    bounds = StageBounds.at(lifecycle, as_of)
+    bounds = stage_bounds(lifecycle, as_of, ZONE)
     sql = f"SELECT count(*) FILTER (WHERE ({stage_sql('tier')}) <> lifecycle_stage) FROM members"
     with engine.connect() as conn:
         t0 = time.perf_counter()
@@ -506,7 +506,7 @@ def main() -> int:
         ladder, lifecycle = programme.ladder, programme.lifecycle
         assert [t.code for t in reversed(ladder.tiers)] == TIERS, ladder.codes
         as_of = AS_OF.astimezone(dt.UTC)
-        period = quarter(as_of, programme.zone)
+        period = calendar.quarter_label(as_of, programme.zone)
         print(f"database {name}; as_of {AS_OF.isoformat()} ({period}); chunk {args.chunk:,} members")
         print(f"generating {args.members:,} members (set-based SQL, no triggers skipped):")
         t0 = time.perf_counter()

@@ -188,6 +188,7 @@ def patch_onestmt() -> None:
     from loyalty.accrual import context
     from loyalty.ledger import service as ledger
     from rules import evaluate
+    from rules.evaluate import compiled
 
     original = svc.record_transaction
     lock_sql = sa.text(LOCK_AND_READ)
@@ -216,7 +217,7 @@ def patch_onestmt() -> None:
         )
         used = (
             context.usage(conn, cmd.member_id, moment=moment, programme=programme)
-            if programme.compiled.needs_usage
+            if compiled(programme).needs_usage
             else None
         )
         facts = cmd.facts()
@@ -299,7 +300,8 @@ def apply() -> set[str]:
 
 
 def make_app() -> Any:
-    from loyalty import create_app, make_runtime
+    from loyalty.app import create_app
+    from loyalty.runtime import make_runtime
 
     names = apply()
     kwargs = {"pool_pre_ping": False} if "noping" in names else {}

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loyalty.calendar import iso
 from loyalty.db import UTCDateTime, metadata
 
 audit_log = sa.Table(
@@ -65,7 +66,7 @@ def entries(conn: Connection, *, object_type: str | None, object_id: str | None,
     rows = conn.execute(q.order_by(a.id.desc()).limit(limit))
     return [
         {
-            "at": r.at.isoformat().replace("+00:00", "Z"),
+            "at": iso(r.at),
             "actor": r.actor,
             "action": r.action,
             "object_type": r.object_type,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from loyalty import Runtime, make_runtime
 from loyalty.catalogue.models import FULFILMENTS, STATUSES
 from loyalty.db import transaction
+from loyalty.runtime import Runtime, make_runtime
 from loyalty.sandbox.partner import CALLBACK_MODES, DEFAULT_CALLBACK_URL
 
 
@@ -142,7 +142,7 @@ def rules_backtest(candidate: Path, start: str, end: str, top: int) -> None:
     import datetime as dt
     import json
 
-    from loyalty.programmes import backtest
+    from loyalty.accrual import backtest
     from rules import RuleError, load_programme
 
     try:

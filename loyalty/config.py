@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from loyalty.fulfilment.adapters import ADAPTERS, partner_kind
 from loyalty.ledger.service import CLAWBACK_POLICIES
 
 DEFAULT_DATABASE_URL = "sqlite:///var/loyalty.db"
@@ -34,6 +33,8 @@ PARTNER_SETTINGS = {
     "partner_max_attempts": "LOYALTY_PARTNER_MAX_ATTEMPTS",
 }
 PARTNER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+#: The kinds of partner the engine has an adapter for (:mod:`loyalty.fulfilment.adapters`).
+PARTNER_KINDS = ("telecom", "video")
 #: Secrets shorter than this are refused.
 MIN_SECRET_LENGTH = 16
 
@@ -109,9 +110,9 @@ class Settings:
                 raise ValueError(
                     f"LOYALTY_PARTNERS: {partner!r} is not a partner name (lower-case letters, digits, - and _)"
                 )
-            if partner_kind(partner) not in ADAPTERS:
+            if partner_kind(partner) not in PARTNER_KINDS:
                 raise ValueError(
-                    f"LOYALTY_PARTNERS: {partner!r} starts with no partner kind; kinds: {', '.join(ADAPTERS)}"
+                    f"LOYALTY_PARTNERS: {partner!r} starts with no partner kind; kinds: {', '.join(PARTNER_KINDS)}"
                 )
             if not re.fullmatch(r"https?://[^\s/@]+(/[^\s?#]*)?", url):
                 raise ValueError(f"LOYALTY_PARTNERS: {partner}'s URL {url!r} is not an http(s) URL without credentials")
@@ -191,6 +192,11 @@ def parse_partners(text: str) -> dict[str, str]:
             raise ValueError(f"LOYALTY_PARTNERS: {item!r} is not NAME=URL")
         partners[name.strip()] = url.strip().rstrip("/")
     return partners
+
+
+def partner_kind(name: str) -> str:
+    """A partner's kind is its name up to the first ``-``: ``telecom-cmcc`` is a ``telecom`` partner."""
+    return name.split("-", 1)[0]
 
 
 def env_suffix(partner: str) -> str:

@@ -1,11 +1,11 @@
 """Imports every table so ``metadata`` is complete (for Alembic and tests)."""
 
-from loyalty.accrual.models import idempotency_keys, reversals, transactions
 from loyalty.audit import audit_log
 from loyalty.auth.models import api_keys
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
+from loyalty.idempotency import idempotency_keys
 from loyalty.jobs.models import job_runs
 from loyalty.ledger.models import (
     accounts,
@@ -16,8 +16,8 @@ from loyalty.ledger.models import (
     point_lots,
     postings,
 )
-from loyalty.members.models import member_profiles, members
 from loyalty.programmes.models import programme_versions
+from loyalty.records.models import member_profiles, members, reversals, transactions
 from loyalty.redemption.models import redemptions
 from loyalty.tiers.models import lifecycle_changes, tier_changes
 

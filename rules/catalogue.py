@@ -138,10 +138,51 @@ CAPS = {
 }
 
 
+#: What tier criteria may test: the member's metrics on the day they are assessed.
+METRICS = {
+    v.name: v
+    for v in [
+        Variable("aum", "integer", "member", "assets under management, in fen (0 without a profile)"),
+        Variable("profit_contribution", "integer", "member", "profit contribution over the trailing 12 months, in fen"),
+        Variable(
+            "qualifying_points",
+            "integer",
+            "member",
+            "qualifying points earned in the qualifying window (net of refunds; spending does not reduce it)",
+        ),
+        Variable("transactions_90d", "integer", "member", "transactions in the activity window (90 days)"),
+        Variable(
+            "digital_share",
+            "integer",
+            "member",
+            "percent (0-100) of the activity window's transactions made through digital channels; "
+            "null without transactions",
+            nullable=True,
+        ),
+        Variable("products_held", "string_list", "member", "products the member holds"),
+        Variable("product_count", "integer", "member", "how many products the member holds"),
+        Variable(
+            "age", "integer", "member", "the member's age in whole years; null without a birth date", nullable=True
+        ),
+    ]
+}
+
+#: Operators tier criteria may use: each has an exact SQL counterpart.
+TIER_OPERATORS = ("equals", "not_equals", "in", "not_in", "gt", "gte", "lt", "lte", "between", "contains")
+
+def export_metrics() -> dict[str, Any]:
+    """The metrics and operators tier criteria may use, for editors (like the rules catalogue)."""
+    return {
+        "metrics": [
+            {"name": v.name, "type": v.type, "nullable": v.nullable, "description": v.description}
+            for v in METRICS.values()
+        ],
+        "operators": list(TIER_OPERATORS),
+    }
+
+
 def export() -> dict[str, Any]:
     """The catalogue as JSON-ready data, for rule editors (and the tier criteria's metrics)."""
-    from rules.tiers import export_metrics
-
     return {
         "events": EVENTS,
         "variables": [

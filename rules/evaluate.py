@@ -284,4 +284,12 @@ def evaluate(
     programme: Programme, event: str, facts: Facts, usage: Usage | None = None, trace: list[Step] | None = None
 ) -> list[Award]:
     """The awards ``programme`` gives for ``event``; zero-point awards are dropped."""
-    return programme.compiled.evaluate(event, facts, usage, trace)
+    return compiled(programme).evaluate(event, facts, usage, trace)
+
+
+def compiled(programme: Programme) -> Compiled:
+    """The programme with its conditions compiled; made once, on first use, and kept with it."""
+    made: Compiled | None = programme.memo.get("compiled")
+    if made is None:
+        made = programme.memo["compiled"] = Compiled(programme)
+    return made

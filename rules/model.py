@@ -10,43 +10,28 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from rules.catalogue import CAPS, EVENTS, OPERATORS, ROUNDING, TYPES, VARIABLES, Variable
-
-if TYPE_CHECKING:
-    from rules.evaluate import Compiled
-    from rules.tiers import Ladder, Lifecycle
+from rules.catalogue import CAPS, EVENTS, ROUNDING, TYPES, VARIABLES
+from rules.conditions import (
+    ID_RE,
+    Condition,
+    RuleError,
+    dump_condition,
+    get,
+    no_extra,
+    non_negative,
+    parse_condition,
+    positive,
+)
+from rules.tiers import Ladder, Lifecycle, dump_ladder, dump_lifecycle, load_ladder, load_lifecycle
 
 # \Z, not $: "$" also matches before a trailing newline, which let "2026.1\n" through.
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
-
-
-class RuleError(ValueError):
-    """A programme document is invalid; ``path`` points at the bad field."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Condition:
-    """``var op value``, or a group: ``all``/``any`` of children, or ``not`` one child."""
-
-    kind: str  # "test", "all", "any", "not"
-    var: str | None = None
-    op: str | None = None
-    value: Any = None
-    children: tuple[Condition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,8 +73,6 @@ def default_tiers() -> tuple[Ladder, Lifecycle]:
     import json
     from importlib import resources
 
-    from rules.tiers import load_ladder, load_lifecycle
-
     doc = json.loads(resources.files("rules").joinpath("default_programme.json").read_text("utf-8"))
     ladder = load_ladder(doc["tiers"])
     return ladder, load_lifecycle(doc["lifecycle"], ladder)
@@ -116,12 +99,9 @@ class Programme:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
-    @cached_property
-    def compiled(self) -> Compiled:
-        """The programme with its conditions compiled; made once, on first use."""
-        from rules.evaluate import Compiled
-
-        return Compiled(self)
+    #: values derived from the programme once and kept with it (its compiled form,
+    #: :func:`rules.evaluate.compiled`); not part of its value
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def rule(self, rule_id: str) -> Rule:
         for r in self.rules:
@@ -131,55 +111,6 @@ class Programme:
 
 
 # ---- loading -------------------------------------------------------------------------------------------------
-
-
-def _get(
-    doc: dict[str, Any],
-    key: str,
-    path: str,
-    kind: type | tuple[type, ...],
-    *,
-    required: bool = True,
-    default: Any = None,
-) -> Any:
-    if key not in doc or doc[key] is None:
-        if required:
-            raise RuleError(f"{path}.{key}", "is required")
-        return default
-    value = doc[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        raise RuleError(f"{path}.{key}", f"must be {_kind_name(kinds)}, not a boolean")
-    if not isinstance(value, kinds):
-        raise RuleError(f"{path}.{key}", f"must be {_kind_name(kinds)}")
-    return value
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "an object"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _no_extra(doc: dict[str, Any], allowed: set[str], path: str) -> None:
-    for key in doc:
-        if key not in allowed:
-            raise RuleError(f"{path}.{key}", f"unknown field; expected one of {', '.join(sorted(allowed))}")
-
-
-def _non_negative(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RuleError(path, "must be an integer")
-    if value < 0:
-        raise RuleError(path, "must not be negative")
-    return value
-
-
-def _positive(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RuleError(path, "must be an integer")
-    if value <= 0:
-        raise RuleError(path, "must be positive")
-    return value
 
 
 def _decimal(value: Any, path: str) -> Decimal:
@@ -207,127 +138,31 @@ def _caps(doc: Any, path: str, allowed: tuple[str, ...]) -> Caps:
         return Caps()
     if not isinstance(doc, dict):
         raise RuleError(path, "must be an object")
-    _no_extra(doc, set(allowed), path)
-    return Caps(**{k: _non_negative(v, f"{path}.{k}") for k, v in doc.items() if v is not None})
-
-
-#: Text formats of the date-like types; they compare correctly as strings.
-PATTERNS = {
-    "date": (r"\d{4}-\d{2}-\d{2}", "must be a date YYYY-MM-DD"),
-    "time": (r"([01]\d|2[0-3]):[0-5]\d", "must be a time HH:MM"),
-    "month_day": (r"(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", "must be a month and day MM-DD"),
-}
-
-
-def _typed_value(var_type: str, value: Any, path: str) -> Any:
-    """Check a literal against a variable's type; dates and times stay strings (they compare as text)."""
-    if var_type == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RuleError(path, "must be an integer")
-    elif var_type == "boolean":
-        if not isinstance(value, bool):
-            raise RuleError(path, "must be true or false")
-    elif var_type in ("string", "string_list"):
-        if not isinstance(value, str):
-            raise RuleError(path, "must be a string")
-    elif var_type in PATTERNS:
-        pattern, message = PATTERNS[var_type]
-        if not isinstance(value, str) or not re.fullmatch(pattern, value):
-            raise RuleError(path, message)
-        if var_type == "date":
-            try:
-                dt.date.fromisoformat(value)
-            except ValueError:
-                raise RuleError(path, f"{value} is not a calendar date") from None
-    return value
-
-
-def _condition(
-    doc: Any,
-    path: str,
-    *,
-    variables: Mapping[str, Variable] = VARIABLES,
-    operators: Collection[str] = tuple(OPERATORS),
-    groups: Collection[str] = ("all", "any", "not"),
-) -> Condition:
-    """A condition over ``variables`` using ``operators`` and group kinds ``groups``."""
-    if not isinstance(doc, dict):
-        raise RuleError(path, "must be an object")
-    inner: dict[str, Any] = {"variables": variables, "operators": operators, "groups": groups}
-    present = [k for k in ("all", "any", "not") if k in doc]
-    for key in present:
-        if key not in groups:
-            raise RuleError(f"{path}.{key}", f"{key!r} is not allowed here; use {' or '.join(groups)}")
-    if present:
-        if len(doc) != 1:
-            raise RuleError(path, "a group has exactly one key: all, any or not")
-        key = present[0]
-        if key == "not":
-            return Condition("not", children=(_condition(doc["not"], f"{path}.not", **inner),))
-        if not isinstance(doc[key], list):
-            raise RuleError(f"{path}.{key}", "must be a list of conditions")
-        return Condition(
-            key, children=tuple(_condition(c, f"{path}.{key}[{i}]", **inner) for i, c in enumerate(doc[key]))
-        )
-    _no_extra(doc, {"var", "op", "value"}, path)
-    var = _get(doc, "var", path, str)
-    if var not in variables:
-        raise RuleError(f"{path}.var", f"unknown variable {var!r}")
-    op = _get(doc, "op", path, str)
-    if op not in operators:
-        raise RuleError(f"{path}.op", f"unknown operator {op!r}")
-    vtype = variables[var].type
-    operator = OPERATORS[op]
-    if vtype not in operator.types:
-        raise RuleError(f"{path}.op", f"{op!r} does not apply to {var!r}, a {vtype}")
-    if "value" not in doc:
-        raise RuleError(f"{path}.value", "is required")
-    raw, vpath = doc["value"], f"{path}.value"
-    if operator.value == "scalar":
-        value: Any = _typed_value(vtype, raw, vpath)
-    elif operator.value == "list":
-        if not isinstance(raw, list) or not raw:
-            raise RuleError(vpath, "must be a non-empty list")
-        value = tuple(_typed_value(vtype, v, f"{vpath}[{i}]") for i, v in enumerate(raw))
-    elif operator.value == "pair":
-        if not isinstance(raw, list) or len(raw) != 2:
-            raise RuleError(vpath, "must be a list [low, high]")
-        low, high = (_typed_value(vtype, v, f"{vpath}[{i}]") for i, v in enumerate(raw))
-        if low > high:
-            raise RuleError(vpath, "low must not be above high")
-        value = (low, high)
-    elif operator.value == "positive_integer":
-        value = _positive(raw, vpath)
-    elif operator.value == "boolean":
-        if not isinstance(raw, bool):
-            raise RuleError(vpath, "must be true or false")
-        value = raw
-    else:  # "string"
-        value = _typed_value("string", raw, vpath)
-    return Condition("test", var=var, op=op, value=value)
+    no_extra(doc, set(allowed), path)
+    return Caps(**{k: non_negative(v, f"{path}.{k}") for k, v in doc.items() if v is not None})
 
 
 def _action(doc: Any, path: str) -> Action:
     if not isinstance(doc, dict):
         raise RuleError(path, "must be an object")
-    kind = _get(doc, "kind", path, str)
-    rounding = _get(doc, "rounding", path, str, required=False, default="floor")
+    kind = get(doc, "kind", path, str)
+    rounding = get(doc, "rounding", path, str, required=False, default="floor")
     if rounding not in ROUNDING:
         raise RuleError(f"{path}.rounding", f"must be one of {', '.join(ROUNDING)}")
     if kind == "per_amount":
-        _no_extra(doc, {"kind", "points", "per_fen", "rounding"}, path)
+        no_extra(doc, {"kind", "points", "per_fen", "rounding"}, path)
         return Action(
             kind,
-            points=_positive(doc.get("points"), f"{path}.points"),
-            per_fen=_positive(doc.get("per_fen"), f"{path}.per_fen"),
+            points=positive(doc.get("points"), f"{path}.points"),
+            per_fen=positive(doc.get("per_fen"), f"{path}.per_fen"),
             rounding=rounding,
         )
     if kind == "fixed":
-        _no_extra(doc, {"kind", "points"}, path)
-        return Action(kind, points=_positive(doc.get("points"), f"{path}.points"))
+        no_extra(doc, {"kind", "points"}, path)
+        return Action(kind, points=positive(doc.get("points"), f"{path}.points"))
     if kind == "multiplier":
-        _no_extra(doc, {"kind", "applies_to", "factor", "by_tier", "rounding"}, path)
-        targets = _get(doc, "applies_to", path, list)
+        no_extra(doc, {"kind", "applies_to", "factor", "by_tier", "rounding"}, path)
+        targets = get(doc, "applies_to", path, list)
         if not targets or not all(isinstance(t, str) for t in targets):
             raise RuleError(f"{path}.applies_to", "must be a non-empty list of rule ids")
         for j, target in enumerate(targets):
@@ -339,7 +174,7 @@ def _action(doc: Any, path: str) -> Action:
         factor = _decimal(doc["factor"], f"{path}.factor") if has_factor else None
         by_tier: tuple[tuple[str, Decimal], ...] = ()
         if has_tiers:
-            tiers = _get(doc, "by_tier", path, dict)
+            tiers = get(doc, "by_tier", path, dict)
             if not tiers:
                 raise RuleError(f"{path}.by_tier", "must name at least one tier")
             by_tier = tuple(sorted((str(k), _decimal(v, f"{path}.by_tier.{k}")) for k, v in tiers.items()))
@@ -365,35 +200,35 @@ RULE_FIELDS = {
 def _rule(doc: Any, path: str) -> Rule:
     if not isinstance(doc, dict):
         raise RuleError(path, "must be an object")
-    _no_extra(doc, RULE_FIELDS, path)
-    rule_id = _get(doc, "id", path, str)
+    no_extra(doc, RULE_FIELDS, path)
+    rule_id = get(doc, "id", path, str)
     if not ID_RE.match(rule_id):
         raise RuleError(f"{path}.id", "must be 1-64 lower-case letters, digits, - or _")
-    event = _get(doc, "event", path, str)
+    event = get(doc, "event", path, str)
     if event not in EVENTS:
         raise RuleError(f"{path}.event", f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
-    reason = _get(doc, "reason", path, str)
+    reason = get(doc, "reason", path, str)
     if not reason.strip():
         raise RuleError(f"{path}.reason", "must not be empty")
-    funding = _get(doc, "funding_source", path, str, required=False, default="bank")
+    funding = get(doc, "funding_source", path, str, required=False, default="bank")
     if not ID_RE.match(funding):
         raise RuleError(f"{path}.funding_source", "must be 1-64 lower-case letters, digits, - or _")
-    group = _get(doc, "group", path, str, required=False)
+    group = get(doc, "group", path, str, required=False)
     if group is not None and not ID_RE.match(group):
         raise RuleError(f"{path}.group", "must be 1-64 lower-case letters, digits, - or _")
-    priority = _get(doc, "priority", path, int, required=False, default=100)
+    priority = get(doc, "priority", path, int, required=False, default=100)
     return Rule(
         id=rule_id,
         event=event,
         reason=reason,
         action=_action(doc.get("action"), f"{path}.action"),
-        conditions=_condition(doc.get("conditions", {"all": []}), f"{path}.conditions"),
+        conditions=parse_condition(doc.get("conditions", {"all": []}), f"{path}.conditions"),
         funding_source=funding,
-        qualifying=_get(doc, "qualifying", path, bool),
+        qualifying=get(doc, "qualifying", path, bool),
         priority=priority,
         group=group,
         caps=_caps(doc.get("caps"), f"{path}.caps", tuple(CAPS)),
-        description=_get(doc, "description", path, str, required=False, default=""),
+        description=get(doc, "description", path, str, required=False, default=""),
     )
 
 
@@ -428,22 +263,20 @@ def load_programme(doc: Any) -> Programme:
     """Validate a programme document and return it as a :class:`Programme`."""
     if not isinstance(doc, dict):
         raise RuleError("$", "a programme must be an object")
-    _no_extra(doc, PROGRAMME_FIELDS, "$")
-    version = _get(doc, "version", "$", str)
+    no_extra(doc, PROGRAMME_FIELDS, "$")
+    version = get(doc, "version", "$", str)
     if not VERSION_RE.match(version):
         raise RuleError("$.version", "must be 1-32 letters, digits, '.', '_' or '-'")
-    timezone = _get(doc, "timezone", "$", str, required=False, default=DEFAULT_TIMEZONE)
+    timezone = get(doc, "timezone", "$", str, required=False, default=DEFAULT_TIMEZONE)
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise RuleError("$.timezone", f"unknown time zone {timezone!r}") from None
     effective_from = _effective_from(doc.get("effective_from"), zone)
-    expiry_months = _positive(doc.get("expiry_months"), "$.expiry_months")
-    raw_rules = _get(doc, "rules", "$", list)
+    expiry_months = positive(doc.get("expiry_months"), "$.expiry_months")
+    raw_rules = get(doc, "rules", "$", list)
     rules = tuple(_rule(r, f"$.rules[{i}]") for i, r in enumerate(raw_rules))
     _check_whole(rules)
-    from rules.tiers import load_ladder, load_lifecycle
-
     ladder = load_ladder(doc["tiers"]) if doc.get("tiers") is not None else default_tiers()[0]
     lifecycle = load_lifecycle(doc["lifecycle"], ladder) if doc.get("lifecycle") is not None else default_tiers()[1]
     _check_tier_names(rules, ladder.codes)
@@ -456,7 +289,7 @@ def load_programme(doc: Any) -> Programme:
         rules=rules,
         timezone=timezone,
         caps=_caps(doc.get("caps"), "$.caps", ("per_day", "per_month")),
-        description=_get(doc, "description", "$", str, required=False, default=""),
+        description=get(doc, "description", "$", str, required=False, default=""),
     )
 
 
@@ -512,15 +345,6 @@ def _check_whole(rules: tuple[Rule, ...]) -> None:
 # ---- dumping -------------------------------------------------------------------------------------------------
 
 
-def _dump_condition(c: Condition) -> dict[str, Any]:
-    if c.kind == "test":
-        value = list(c.value) if isinstance(c.value, tuple) else c.value
-        return {"var": c.var, "op": c.op, "value": value}
-    if c.kind == "not":
-        return {"not": _dump_condition(c.children[0])}
-    return {c.kind: [_dump_condition(ch) for ch in c.children]}
-
-
 def _dump_caps(caps: Caps) -> dict[str, int] | None:
     out = {k: getattr(caps, k) for k in ("per_transaction", "per_day", "per_month") if getattr(caps, k) is not None}
     return out or None
@@ -558,7 +382,7 @@ def dump_programme(p: Programme) -> dict[str, Any]:
             "event": r.event,
             "reason": r.reason,
             "priority": r.priority,
-            "conditions": _dump_condition(r.conditions),
+            "conditions": dump_condition(r.conditions),
             "action": _dump_action(r.action),
             "funding_source": r.funding_source,
             "qualifying": r.qualifying,
@@ -571,8 +395,6 @@ def dump_programme(p: Programme) -> dict[str, Any]:
             rule["caps"] = caps
         rules.append(rule)
     doc["rules"] = rules
-    from rules.tiers import dump_ladder, dump_lifecycle
-
     doc["tiers"] = dump_ladder(p.ladder)
     doc["lifecycle"] = dump_lifecycle(p.lifecycle)
     return doc

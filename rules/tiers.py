@@ -16,44 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rules.catalogue import Variable
-from rules.model import ID_RE, Condition, RuleError, _dump_condition
-from rules.model import _condition as condition
-from rules.model import _get as get
-from rules.model import _no_extra as no_extra
-from rules.model import _positive as positive
-
-#: What tier criteria may test: the member's metrics on the day they are assessed.
-METRICS = {
-    v.name: v
-    for v in [
-        Variable("aum", "integer", "member", "assets under management, in fen (0 without a profile)"),
-        Variable("profit_contribution", "integer", "member", "profit contribution over the trailing 12 months, in fen"),
-        Variable(
-            "qualifying_points",
-            "integer",
-            "member",
-            "qualifying points earned in the qualifying window (net of refunds; spending does not reduce it)",
-        ),
-        Variable("transactions_90d", "integer", "member", "transactions in the activity window (90 days)"),
-        Variable(
-            "digital_share",
-            "integer",
-            "member",
-            "percent (0-100) of the activity window's transactions made through digital channels; "
-            "null without transactions",
-            nullable=True,
-        ),
-        Variable("products_held", "string_list", "member", "products the member holds"),
-        Variable("product_count", "integer", "member", "how many products the member holds"),
-        Variable(
-            "age", "integer", "member", "the member's age in whole years; null without a birth date", nullable=True
-        ),
-    ]
-}
-
-#: Operators tier criteria may use: each has an exact SQL counterpart.
-TIER_OPERATORS = ("equals", "not_equals", "in", "not_in", "gt", "gte", "lt", "lte", "between", "contains")
+from rules.catalogue import METRICS, TIER_OPERATORS
+from rules.conditions import ID_RE, Condition, RuleError, dump_condition, get, no_extra, positive
+from rules.conditions import parse_condition as condition
 
 #: Metrics measured in fen, shown in CNY in explanations.
 MONEY = frozenset({"aum", "profit_contribution"})
@@ -162,32 +127,16 @@ class Lifecycle:
     maturity_tiers: tuple[str, ...] = ("mass", "potential", "hnw")
 
 
-def add_months(moment: dt.datetime, months: int) -> dt.datetime:
-    """``moment`` moved by whole calendar months, clamped to the month's last day."""
-    index = moment.year * 12 + moment.month - 1 + months
-    year, month = divmod(index, 12)
-    month += 1
-    last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
-    return moment.replace(year=year, month=month, day=min(moment.day, last))
-
-
 @dataclass(frozen=True)
 class StageBounds:
-    """The instants a lifecycle decision compares against, for one as-of moment."""
+    """The instants a lifecycle decision compares against, for one as-of moment: the
+    lifecycle's days and months counted back from it by the bank's calendar (the
+    engine's :func:`loyalty.tiers.sql.stage_bounds` decides them)."""
 
     activation_since: dt.datetime
     decline_before: dt.datetime
     churn_before: dt.datetime
     maturity_before: dt.datetime
-
-    @classmethod
-    def at(cls, lifecycle: Lifecycle, as_of: dt.datetime) -> StageBounds:
-        return cls(
-            activation_since=as_of - dt.timedelta(days=lifecycle.activation_days),
-            decline_before=add_months(as_of, -lifecycle.decline_months),
-            churn_before=add_months(as_of, -lifecycle.churn_months),
-            maturity_before=add_months(as_of, -lifecycle.maturity_months),
-        )
 
 
 def stage(
@@ -196,9 +145,9 @@ def stage(
     first_transaction_at: dt.datetime | None,
     last_transaction_at: dt.datetime | None,
     tier: str,
-    as_of: dt.datetime,
+    bounds: StageBounds,
 ) -> str:
-    """The member's lifecycle stage at ``as_of``:
+    """The member's lifecycle stage at the moment ``bounds`` were taken for:
 
     - ``acquisition``: enrolled, no transaction yet;
     - ``win_back``: the last transaction is ``churn_months`` or more ago (churned);
@@ -210,7 +159,7 @@ def stage(
     """
     if first_transaction_at is None or last_transaction_at is None:
         return "acquisition"
-    b = StageBounds.at(lifecycle, as_of)
+    b = bounds
     if last_transaction_at <= b.churn_before:
         return "win_back"
     if last_transaction_at <= b.decline_before:
@@ -390,7 +339,7 @@ def dump_ladder(ladder: Ladder) -> dict[str, Any]:
         if t.description:
             level["description"] = t.description
         if t.criteria is not None:
-            level["criteria"] = _dump_condition(t.criteria)
+            level["criteria"] = dump_condition(t.criteria)
         levels.append(level)
     return {
         "qualifying_months": ladder.qualifying_months,
@@ -407,15 +356,4 @@ def dump_lifecycle(lc: Lifecycle) -> dict[str, Any]:
         "churn_months": lc.churn_months,
         "maturity_months": lc.maturity_months,
         "maturity_tiers": list(lc.maturity_tiers),
-    }
-
-
-def export_metrics() -> dict[str, Any]:
-    """The metrics and operators tier criteria may use, for editors (like the rules catalogue)."""
-    return {
-        "metrics": [
-            {"name": v.name, "type": v.type, "nullable": v.nullable, "description": v.description}
-            for v in METRICS.values()
-        ],
-        "operators": list(TIER_OPERATORS),
     }

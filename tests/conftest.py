@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import loyalty.models  # noqa: F401  (fills the metadata)
-from loyalty import Runtime, create_app
+from loyalty.app import create_app
 from loyalty.auth.models import SCOPES
 from loyalty.auth.service import create_key
 from loyalty.config import Settings
@@ -28,6 +28,7 @@ from loyalty.db import make_engine, metadata, transaction
 from loyalty.ledger.models import SYSTEM_ACCOUNTS
 from loyalty.migrate import upgrade
 from loyalty.programmes.service import ProgrammeStore, installed
+from loyalty.runtime import Runtime
 from tests.contract import ContractClient
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"

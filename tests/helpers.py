@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rules import Programme, default_document, load_programme
+from rules.model import DEFAULT_TIMEZONE
 from tests.conftest import START
+
+#: The bank's time zone in the default programme.
+BANK_ZONE = ZoneInfo(DEFAULT_TIMEZONE)
 
 
 def txn(transaction_id: str = "t1", member_id: str = "m1", amount: int = 12_345, **over: Any) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
-from loyalty import Runtime
-from loyalty.jobs import Job, Outcome
+from loyalty.jobs import Job
+from loyalty.runtime import Outcome, Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,13 +20,13 @@ from typing import Any
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 
-from loyalty import Runtime
 from loyalty.catalogue.models import benefits
 from loyalty.db import insert_ignore, transaction
 from loyalty.ledger import service as ledger
 from loyalty.ledger import verify
 from loyalty.members.service import Enrolment, enrol
 from loyalty.redemption.models import redemptions
+from loyalty.runtime import Runtime
 from tests.probe_jobs import ROOT
 
 LOYALTY = str(Path(sys.executable).with_name("loyalty"))

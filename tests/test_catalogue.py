@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 
-from loyalty import Runtime, create_app
+from loyalty.app import create_app
 from loyalty.catalogue.codes import CodeBox
 from loyalty.catalogue.service import default_catalogue
 from loyalty.db import metadata
+from loyalty.runtime import Runtime
 from tests.conftest import TEST_SECRET_KEY, make_key
 from tests.contract import ContractClient
 from tests.test_cli import LOYALTY

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from loyalty import Runtime
 from loyalty.catalogue.models import benefits
 from loyalty.config import DEFAULT_PARTNERS, DEV_PARTNER_SECRET, Settings, parse_partners
 from loyalty.events.models import events
@@ -31,6 +30,7 @@ from loyalty.fulfilment.adapters import FAILED, NOT_FOUND, SUCCEEDED, Order, ada
 from loyalty.fulfilment.jobs import DEADLINE_REASON, fulfil
 from loyalty.jobs.runner import run_job
 from loyalty.ledger.models import holds, journal_entries, member_accounts, point_lots
+from loyalty.runtime import Runtime
 from tests.conftest import Clock
 from tests.sandbox import (
     LOYALTY,

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from loyalty import Runtime
 from loyalty.accrual import service as accrual
-from loyalty.accrual.models import idempotency_keys, reversals, transactions
 from loyalty.accrual.service import ReversalCommand, TransactionCommand
+from loyalty.calendar import add_months
 from loyalty.db import transaction
 from loyalty.errors import (
     HoldNotPending,
@@ -24,14 +23,16 @@ from loyalty.errors import (
     UnknownMember,
     ValidationError,
 )
+from loyalty.idempotency import idempotency_keys
 from loyalty.ledger import service as ledger
 from loyalty.ledger import verify
-from loyalty.ledger.lots import add_months
 from loyalty.ledger.models import holds, journal_entries, lot_consumptions, member_accounts, point_lots, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
+from loyalty.records.models import reversals, transactions
+from loyalty.runtime import Runtime
 from rules import Award
-from tests.helpers import BASE
+from tests.helpers import BANK_ZONE, BASE
 
 REDEEMED = "redeemed:unspecified"
 WELCOME = "account_opened"  # the welcome bonus lot's source
@@ -167,7 +168,7 @@ def test_enrolment_credits_the_welcome_bonus_as_one_lot(books):
     assert created is True
     assert (view["balance"], view["held"], view["available"]) == (500, 0, 500)
     assert books.lots() == {WELCOME: 500}
-    assert books.lot_expiry(WELCOME) == add_months(books.now(), 24)
+    assert books.lot_expiry(WELCOME) == add_months(books.now(), 24, BANK_ZONE)
     (entry,) = books.entries()
     assert (entry.kind, entry.seq, entry.points, entry.balance_after) == ("bonus", 1, 500, 500)
     assert books.account_total("issued:bank") == -500
@@ -188,11 +189,11 @@ def test_card_spend_earns_one_point_per_yuan_into_its_own_lot(books):
     books.enrol()
     occurred = books.now() - dt.timedelta(days=3)
     result = books.buy("t1", 12_345, occurred_at=occurred)
-    assert result.status == 201 and not result.replayed
+    assert result.created and not result.replayed
     assert result.body["points"] == 123
     assert result.body["balance"] == 623
     assert books.lots() == {WELCOME: 500, "t1": 123}
-    assert books.lot_expiry("t1") == add_months(occurred, 24)
+    assert books.lot_expiry("t1") == add_months(occurred, 24, BANK_ZONE)
     entry = books.entries()[-1]
     assert (entry.kind, entry.seq, entry.points, entry.balance_after, entry.transaction_id) == (
         "accrual",
@@ -207,7 +208,7 @@ def test_card_spend_earns_one_point_per_yuan_into_its_own_lot(books):
 def test_transaction_that_earns_nothing_is_recorded_without_an_entry(books):
     books.enrol()
     result = books.buy("x1", 50_000, type="bill_payment")
-    assert result.status == 201
+    assert result.created
     assert (result.body["points"], result.body["entry_id"], result.body["balance"]) == (0, None, 500)
     assert len(books.entries()) == 1
     (row,) = books.read(sa.select(transactions.c.points, transactions.c.entry_id))
@@ -221,7 +222,7 @@ def test_replayed_transaction_posts_once_and_answers_the_same(books, clock):
     first = books.buy("t1", 12_345, occurred_at=occurred)
     clock.advance(minutes=5)
     again = books.buy("t1", 12_345, occurred_at=occurred)
-    assert again.replayed and again.status == 200
+    assert again.replayed and not again.created
     assert again.body == first.body
     assert books.balance() == 623
     assert [e.kind for e in books.entries()] == ["bonus", "accrual"]
@@ -246,7 +247,7 @@ def test_transaction_for_an_unknown_member_leaves_no_trace(books):
     assert books.read(sa.select(transactions)) == []
     # The id was not used up: once the member exists, the same transaction books.
     books.enrol("ghost")
-    assert books.buy("t1", 12_345, member_id="ghost").status == 201
+    assert books.buy("t1", 12_345, member_id="ghost").created
     assert books.balance("ghost") == 623
     books.assert_verified()
 
@@ -450,7 +451,7 @@ def test_partial_refunds_claw_back_in_proportion(books):
     books.enrol()
     books.buy("t1", 12_345)  # 123 points
     first = books.refund("t1", "r1", 5_000)
-    assert (first.status, first.body["points_due"], first.body["points_reversed"]) == (201, 49, 49)
+    assert (first.created, first.body["points_due"], first.body["points_reversed"]) == (True, 49, 49)
     assert first.body["balance"] == 623 - 49
     second = books.refund("t1", "r2", 5_000)
     assert second.body["points_reversed"] == 50  # floor(123 * 10000 / 12345) - 49
@@ -538,7 +539,7 @@ def test_replayed_refund_posts_once(books):
     books.buy("t1", 12_345)
     first = books.refund("t1", "r1", 5_000)
     again = books.refund("t1", "r1", 5_000)
-    assert again.replayed and again.status == 200
+    assert again.replayed and not again.created
     assert again.body == first.body
     assert books.balance() == 623 - 49
     with pytest.raises(IdempotencyConflict):
@@ -686,7 +687,7 @@ def test_accrual_of_several_awards_pays_the_debt_from_them_in_order(books, runti
             kind="bonus",
             source_ref="promo",
             earned_at=books.now(),
-            expiry_months=24,
+            expires_at=add_months(books.now(), 24, BANK_ZONE),
             now=books.now(),
         )
     assert (posted.points, posted.balance_after) == (130, 30)
@@ -711,7 +712,7 @@ def test_accrual_refuses_awards_that_are_not_positive(books, runtime):
                 kind="bonus",
                 source_ref="x",
                 earned_at=books.now(),
-                expiry_months=24,
+                expires_at=add_months(books.now(), 24, BANK_ZONE),
                 now=books.now(),
             )
     assert books.balance() == 500

@@ -10,12 +10,14 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from loyalty import Runtime, cli
+from loyalty import cli
 from loyalty.jobs.runner import run_job
+from loyalty.runtime import Runtime
+from loyalty.tiers.sql import stage_bounds
 from rules import default_programme
 from rules.tiers import Lifecycle, stage
 from tests.conftest import START
-from tests.helpers import enrol, txn
+from tests.helpers import BANK_ZONE, enrol, txn
 
 UTC = dt.UTC
 
@@ -48,7 +50,8 @@ NOW = at(2027, 6, 15, 12)
     ],
 )
 def test_stage_by_tenure_activity_and_tier(first, last, tier, expected):
-    assert stage(LC, first_transaction_at=first, last_transaction_at=last, tier=tier, as_of=NOW) == expected
+    bounds = stage_bounds(LC, NOW, BANK_ZONE)
+    assert stage(LC, first_transaction_at=first, last_transaction_at=last, tier=tier, bounds=bounds) == expected
 
 
 # ---- across simulated months --------------------------------------------------------------------------------------

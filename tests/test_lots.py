@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from loyalty.ledger.lots import OpenLot, add_months, check_balanced, fifo_order, take
+from loyalty.ledger.lots import OpenLot, check_balanced, fifo_order, take
 
 UTC = dt.UTC
 
@@ -122,49 +122,6 @@ def test_take_never_takes_more_than_a_lot_holds_or_returns_zero_amounts():
         assert all(0 < n <= remaining[i] for i, n in plan)
         assert len({i for i, _ in plan}) == len(plan)
         assert sum(n for _, n in plan) == min(points, sum(remaining.values()))
-
-
-# --- add_months -----------------------------------------------------------
-
-
-def test_add_months_keeps_the_day_and_time():
-    assert add_months(at(2026, 3, 15, 10), 24) == at(2028, 3, 15, 10)
-
-
-def test_add_months_clamps_to_end_of_february_in_a_common_year():
-    assert add_months(at(2027, 1, 31), 1) == at(2027, 2, 28)
-
-
-def test_add_months_clamps_to_leap_day():
-    assert add_months(at(2028, 1, 31), 1) == at(2028, 2, 29)
-
-
-def test_add_months_from_leap_day_lands_on_february_28():
-    assert add_months(at(2028, 2, 29), 12) == at(2029, 2, 28)
-
-
-def test_add_months_clamps_to_a_30_day_month():
-    assert add_months(at(2026, 3, 31), 1) == at(2026, 4, 30)
-    assert add_months(at(2026, 8, 31), 1) == at(2026, 9, 30)
-
-
-def test_add_months_rolls_over_the_year():
-    assert add_months(at(2026, 11, 30), 3) == at(2027, 2, 28)
-    assert add_months(at(2026, 12, 1), 1) == at(2027, 1, 1)
-
-
-def test_add_months_goes_backwards():
-    assert add_months(at(2026, 3, 31), -1) == at(2026, 2, 28)
-    assert add_months(at(2026, 1, 15), -13) == at(2024, 12, 15)
-
-
-def test_add_months_zero_is_identity():
-    moment = at(2026, 5, 31, 23)
-    assert add_months(moment, 0) == moment
-
-
-def test_add_months_keeps_timezone():
-    assert add_months(at(2026, 1, 31), 1).tzinfo is UTC
 
 
 # --- check_balanced -------------------------------------------------------

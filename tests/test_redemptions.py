@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from loyalty import Runtime, create_app
+from loyalty.app import create_app
 from loyalty.catalogue import codes
 from loyalty.catalogue.models import benefits, voucher_codes
 from loyalty.config import Settings
@@ -29,12 +29,13 @@ from loyalty.jobs.runner import run_job
 from loyalty.ledger import verify
 from loyalty.ledger.models import accounts, holds, journal_entries, member_accounts, point_lots, postings
 from loyalty.members import service as members_service
-from loyalty.members.models import members
 from loyalty.members.service import Enrolment
 from loyalty.programmes.service import ProgrammeStore
+from loyalty.records.models import members
 from loyalty.redemption import states
 from loyalty.redemption.jobs import settle
 from loyalty.redemption.models import redemptions
+from loyalty.runtime import Runtime
 from tests.conftest import START, TEST_SECRET_KEY, Clock, make_key
 from tests.contract import ContractClient
 from tests.helpers import enrol, txn

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from loyalty import Runtime
 from loyalty.config import Settings, parse_job_intervals
 from loyalty.db import make_engine, transaction
 from loyalty.jobs import JOBS
@@ -30,6 +29,7 @@ from loyalty.jobs.models import job_runs
 from loyalty.jobs.runner import run_job
 from loyalty.jobs.scheduler import JobSchedule, describe, missed_fire
 from loyalty.programmes import service
+from loyalty.runtime import Runtime
 from rules import default_document
 from tests import probe_jobs
 from tests.probe_jobs import environment

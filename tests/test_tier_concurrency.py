@@ -7,10 +7,10 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from loyalty import Runtime
 from loyalty.db import transaction
 from loyalty.jobs.runner import run_job
-from loyalty.members.models import member_profiles
+from loyalty.records.models import member_profiles
+from loyalty.runtime import Runtime
 from tests.test_concurrency import assert_verified, book, enrol, race, rt  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.postgres_only

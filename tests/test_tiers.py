@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from loyalty import Runtime
+from loyalty import calendar
 from loyalty.accrual import service as accrual
 from loyalty.db import transaction
 from loyalty.jobs.runner import run_job
 from loyalty.ledger import service as ledger
-from loyalty.members.models import member_profiles, members
+from loyalty.records.models import member_profiles, members
+from loyalty.runtime import Runtime
 from loyalty.tiers import service as tiers
 from loyalty.tiers import sql as tsql
 from tests.conftest import START
@@ -419,8 +420,8 @@ def test_the_set_based_decision_equals_the_python_one(client, runtime):
 
 def test_age_bounds_in_sql_follow_birthdays_including_29_february():
     day = dt.date(2027, 2, 28)
-    assert tsql.years_before(dt.date(2028, 2, 29), 1) == dt.date(2027, 2, 28)
-    assert tsql.years_before(day, 20) == dt.date(2007, 2, 28)
+    assert calendar.years_before(dt.date(2028, 2, 29), 1) == dt.date(2027, 2, 28)
+    assert calendar.years_before(day, 20) == dt.date(2007, 2, 28)
 
 
 # ---- members table state ---------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from loyalty import Runtime
 from loyalty.accrual import service as accrual
 from loyalty.accrual.service import ReversalCommand, TransactionCommand
 from loyalty.cli import main
@@ -28,6 +27,7 @@ from loyalty.ledger import verify
 from loyalty.ledger.models import journal_entries, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
+from loyalty.runtime import Runtime
 
 APPEND_ONLY = ("journal_entries", "postings", "lot_consumptions")
 CHECK_NAMES = [c.name for c in verify.CHECKS]
@@ -48,7 +48,7 @@ def build_healthy_ledger(rt: Runtime) -> None:
     def buy(member_id: str, transaction_id: str, fen: int, type: str = "card_purchase") -> None:
         cmd = TransactionCommand(transaction_id, member_id, type, fen, "CNY", now - dt.timedelta(hours=1))
         with transaction(rt.engine) as conn:
-            assert accrual.record_transaction(conn, cmd, programme=rt.programme, now=now).status == 201
+            assert accrual.record_transaction(conn, cmd, programme=rt.programme, now=now).created
 
     def refund(transaction_id: str, reversal_id: str, fen: int) -> None:
         with transaction(rt.engine) as conn:

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from loyalty import Runtime
 from loyalty.config import Settings
 from loyalty.db import transaction
 from loyalty.events import webhooks
 from loyalty.events.models import events
 from loyalty.events.service import emit
-from loyalty.jobs import Outcome
 from loyalty.jobs.runner import run_job
+from loyalty.runtime import Outcome, Runtime
 from tests.conftest import make_key
 from tests.helpers import enrol, txn
 from tests.test_events_feed import settle

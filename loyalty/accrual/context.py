@@ -13,32 +13,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.models import transactions
+from loyalty import calendar
 from loyalty.errors import UnknownMember
 from loyalty.ledger.models import member_accounts, point_lots
-from loyalty.members.models import member_profiles, members
+from loyalty.records.models import member_profiles, members, transactions
 from loyalty.tiers.service import STATE_COLUMNS, MemberState, state_of
 from rules import Award, Programme, Usage
-
-
-def local_bounds(moment: dt.datetime, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime, dt.datetime, dt.datetime]:
-    """UTC bounds of the local day and local month that contain ``moment``."""
-    local = moment.astimezone(zone)
-    day = dt.datetime(local.year, local.month, local.day, tzinfo=zone)
-    month = dt.datetime(local.year, local.month, 1, tzinfo=zone)
-    next_month = dt.datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=zone)
-    return (
-        day.astimezone(dt.UTC),
-        (day + dt.timedelta(days=1)).astimezone(dt.UTC),
-        month.astimezone(dt.UTC),
-        next_month.astimezone(dt.UTC),
-    )
-
-
-def age_on(birth: dt.date | None, day: dt.date) -> int | None:
-    if birth is None:
-        return None
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
 
 
 def member_facts(
@@ -53,12 +33,12 @@ def member_facts(
     """Facts about the member that do not depend on their transactions.
 
     ``products`` is the stored form of the products held (``,deposit,wealth,``)."""
-    local_day = moment.astimezone(zone).date()
+    local_day = calendar.local_date(moment, zone)
     return {
         "tier": tier,
-        "age": age_on(birth, local_day),
+        "age": calendar.age_on(birth, local_day),
         "birthday_month": birth is not None and birth.month == local_day.month,
-        "enrolled_days": max(0, (local_day - enrolled_at.astimezone(zone).date()).days),
+        "enrolled_days": max(0, calendar.days_between(enrolled_at, moment, zone)),
         "products_held": [p for p in (products or "").split(",") if p],
     }
 
@@ -119,7 +99,7 @@ def lock_and_read(
     """Lock the member's account (unless ``lock`` is false) and gather the facts
     rules may test about a transaction of ``txn_type`` at ``moment``, and the
     member's tier and lifecycle state. Raises :class:`UnknownMember`."""
-    _day0, _day1, month0, month1 = local_bounds(moment, programme.zone)
+    month0, month1 = calendar.month(moment, programme.zone)
     params = {"member_id": member_id, "txn_type": txn_type, "moment": moment, "month0": month0, "month1": month1}
     row = conn.execute(MEMBER_FACTS_LOCKED if lock else MEMBER_FACTS, params).first()
     if row is None:
@@ -131,7 +111,9 @@ def lock_and_read(
     facts.update(
         transactions_this_month=int(row.month_count) + 1,
         first_of_type=not row.seen_type,
-        days_since_last_transaction=None if last is None else max(0, (moment - last).days),
+        days_since_last_transaction=(
+            None if last is None else max(0, calendar.days_between(last, moment, programme.zone))
+        ),
     )
     return facts, state_of(row)
 
@@ -172,7 +154,7 @@ USAGE = _usage_query()
 
 def usage(conn: Connection, member_id: str, *, moment: dt.datetime, programme: Programme) -> Usage:
     """Points the member earned per rule in the local day and month of ``moment`` (for caps)."""
-    day0, day1, month0, month1 = local_bounds(moment, programme.zone)
+    (day0, day1), (month0, month1) = calendar.day(moment, programme.zone), calendar.month(moment, programme.zone)
     rows = conn.execute(USAGE, {"member_id": member_id, "day0": day0, "day1": day1, "month0": month0, "month1": month1})
     day, month = {}, {}
     for r in rows:
@@ -205,7 +187,7 @@ class MemberHistory:
     def facts(self, txn: Any, programme: Programme) -> tuple[dict[str, Any], Usage]:
         """Facts and cap usage for ``txn`` (anything with the transaction's attributes)."""
         moment = txn.occurred_at
-        day0, _, month0, _ = local_bounds(moment, programme.zone)
+        day0, month0 = calendar.day(moment, programme.zone).start, calendar.month(moment, programme.zone).start
         facts = {name: getattr(txn, name) for name in TRANSACTION_FACTS}
         facts["amount"] = int(facts["amount"])
         facts.update(
@@ -214,20 +196,22 @@ class MemberHistory:
         facts.update(
             transactions_this_month=self.months[month0] + 1,
             first_of_type=txn.type not in self.types,
-            days_since_last_transaction=None if self.last is None else max(0, (moment - self.last).days),
+            days_since_last_transaction=(
+                None if self.last is None else max(0, calendar.days_between(self.last, moment, programme.zone))
+            ),
         )
         return facts, Usage(day=self.day_usage[day0], month=self.month_usage[month0])
 
     def record(self, occurred_at: dt.datetime, txn_type: str, zone: dt.tzinfo) -> None:
         """Count a transaction of the member's."""
-        self.months[local_bounds(occurred_at, zone)[2]] += 1
+        self.months[calendar.month(occurred_at, zone).start] += 1
         self.types.add(txn_type)
         if self.last is None or occurred_at > self.last:
             self.last = occurred_at
 
     def earned(self, rule_id: str, points: int, earned_at: dt.datetime, zone: dt.tzinfo) -> None:
         """Count points toward the rule's day and month usage."""
-        day0, _, month0, _ = local_bounds(earned_at, zone)
+        day0, month0 = calendar.day(earned_at, zone).start, calendar.month(earned_at, zone).start
         self.day_usage[day0][rule_id] += points
         self.month_usage[month0][rule_id] += points
 

@@ -24,18 +24,20 @@ import click
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loyalty import Runtime
-from loyalty.accrual.context import MemberHistory, aware, local_bounds
-from loyalty.accrual.models import TRANSACTION_TYPES, idempotency_keys, transactions
-from loyalty.accrual.service import TransactionCommand, request_hash
-from loyalty.api.schemas import CLOCK_SKEW, CURRENCIES, MAX_AMOUNT, load_transaction
+from loyalty import calendar
+from loyalty.accrual.context import MemberHistory, aware
+from loyalty.accrual.schemas import CURRENCIES, MAX_AMOUNT, load_transaction
+from loyalty.accrual.service import TransactionCommand
 from loyalty.db import insert_ignore, is_postgres, transaction
 from loyalty.errors import LoyaltyError
 from loyalty.events.models import events
+from loyalty.idempotency import idempotency_keys, request_hash
 from loyalty.ledger.models import journal_entries, lot_consumptions, member_accounts, point_lots, postings
-from loyalty.ledger.service import accrual_rows, new_id
-from loyalty.members.models import member_profiles, members
+from loyalty.ledger.service import accrual_rows, lot_expiry, new_id
+from loyalty.records.models import TRANSACTION_TYPES, member_profiles, members, transactions
+from loyalty.runtime import Runtime
 from loyalty.tiers import service as tiers
+from loyalty.validation import CLOCK_SKEW
 from rules import Award, Programme, evaluate
 
 COLUMNS = ("transaction_id", "member_id", "type", "amount", "currency", "occurred_at", "channel", "mcc", "merchant")
@@ -268,7 +270,7 @@ def _refresh_states(
     someone else since, or have rows older than their loaded history."""
     earliest: dict[str, dt.datetime] = {}
     for r in rows:
-        month0 = local_bounds(r.cmd.occurred_at, r.programme.zone)[2]
+        month0 = calendar.month(r.cmd.occurred_at, r.programme.zone).start
         m = r.cmd.member_id
         earliest[m] = min(earliest.get(m, month0), month0)
     stale = []
@@ -302,7 +304,7 @@ def _refresh_states(
             sa.select(t.member_id, t.occurred_at).where(t.member_id.in_(part), t.occurred_at >= since)
         ):
             state = states[member_id]
-            state.months[local_bounds(occurred_at, zone_of[member_id])[2]] += 1
+            state.months[calendar.month(occurred_at, zone_of[member_id]).start] += 1
         for member_id, rule_id, earned_at, original in conn.execute(
             sa.select(pl.member_id, pl.rule_id, pl.earned_at, pl.original).where(
                 pl.member_id.in_(part), pl.earned_at >= since
@@ -386,7 +388,7 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
                     kind="accrual",
                     source_ref=r.cmd.transaction_id,
                     earned_at=r.cmd.occurred_at,
-                    expiry_months=r.programme.expiry_months,
+                    expires_at=lot_expiry(r.programme, r.cmd.occurred_at),
                     now=now,
                     transaction_id=r.cmd.transaction_id,
                     programme_version=r.programme.version,

@@ -9,8 +9,6 @@ the key taken and replays the stored result.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -19,14 +17,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty.accrual import context
-from loyalty.accrual.models import idempotency_keys, reversals, transactions
-from loyalty.errors import IdempotencyConflict, NotFound, UnknownMember, ValidationError
+from loyalty.calendar import iso
+from loyalty.errors import NotFound, UnknownMember, ValidationError
 from loyalty.events.service import emit
+from loyalty.idempotency import Result, claim_key, idempotency_keys, request_hash
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import member_accounts, point_lots
-from loyalty.members.service import iso
+from loyalty.records.models import reversals, transactions
 from loyalty.tiers import service as tiers
 from rules import Award, Programme, evaluate
+from rules.evaluate import compiled
 
 
 @dataclass(frozen=True)
@@ -56,75 +56,6 @@ class ReversalCommand:
     amount: int
 
 
-@dataclass(frozen=True)
-class Result:
-    """An operation's answer: HTTP-like status, JSON body, whether it was a replay."""
-
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
-
-
-def request_hash(payload: dict[str, Any]) -> str:
-    """SHA-256 of a canonical JSON form, to tell a retry from a different request."""
-
-    def default(value: object) -> str:
-        if isinstance(value, dt.datetime):
-            return value.astimezone(dt.UTC).isoformat()
-        return str(value)
-
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=default)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-#: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` as text: the same SQL on
-#: PostgreSQL and SQLite, and, unlike SQLAlchemy's dialect ``Insert`` with a
-#: conflict clause, cached once compiled; it runs on every booking.
-CLAIM = sa.text(
-    "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
-    "VALUES (:scope, :key, :request_hash, :member_id, :entry_id, :created_at) "
-    "ON CONFLICT DO NOTHING RETURNING key"
-).bindparams(
-    sa.bindparam("entry_id", type_=idempotency_keys.c.entry_id.type),
-    sa.bindparam("created_at", type_=idempotency_keys.c.created_at.type),
-)
-
-
-def claim_key(
-    conn: Connection,
-    scope: str,
-    key: str,
-    digest: str,
-    *,
-    member_id: str | None,
-    now: dt.datetime,
-    entry_id: str | None = None,
-) -> sa.Row[Any] | None:
-    """Claim ``(scope, key)``. Returns ``None`` if this call claimed it, else the
-    existing record; raises :class:`IdempotencyConflict` if that record was made
-    for a different request."""
-    params = {
-        "scope": scope,
-        "key": key,
-        "request_hash": digest,
-        "member_id": member_id,
-        "entry_id": entry_id,
-        "created_at": now,
-    }
-    claimed = conn.execute(CLAIM, params).first()
-    if claimed is not None:
-        return None
-    ik = idempotency_keys.c
-    existing = conn.execute(sa.select(idempotency_keys).where(ik.scope == scope, ik.key == key)).one()
-    if existing.request_hash != digest:
-        raise IdempotencyConflict(f"{scope} {key!r} was already used with a different request", field=_key_field(scope))
-    return existing
-
-
-def _key_field(scope: str) -> str:
-    return {"transaction": "transaction_id", "reversal": "reversal_id"}.get(scope, "Idempotency-Key")
-
-
 INSERT_TRANSACTION = transactions.insert()
 
 
@@ -150,7 +81,7 @@ def record_transaction(
     )
     used = (
         context.usage(conn, cmd.member_id, moment=cmd.occurred_at, programme=programme)
-        if (programme.compiled.needs_usage)
+        if compiled(programme).needs_usage
         else None
     )
     awards = evaluate(programme, "transaction", {**facts, **member}, used)
@@ -160,12 +91,13 @@ def record_transaction(
         "transaction",
         cmd.transaction_id,
         request_hash(facts),
+        field="transaction_id",
         member_id=cmd.member_id,
         now=now,
         entry_id=entry_id,
     )
     if existing is not None:
-        return Result(200, transaction_body(conn, existing.member_id, cmd.transaction_id), replayed=True)
+        return Result(transaction_body(conn, existing.member_id, cmd.transaction_id), replayed=True)
     if awards:
         posted = ledger.accrue(
             conn,
@@ -174,7 +106,7 @@ def record_transaction(
             kind="accrual",
             source_ref=cmd.transaction_id,
             earned_at=cmd.occurred_at,
-            expiry_months=programme.expiry_months,
+            expires_at=ledger.lot_expiry(programme, cmd.occurred_at),
             now=now,
             transaction_id=cmd.transaction_id,
             programme_version=programme.version,
@@ -212,7 +144,7 @@ def record_transaction(
     tiers.after_transaction(
         conn, cmd.member_id, state, occurred_at=cmd.occurred_at, programme=current or programme, now=now
     )
-    return Result(201, _transaction_json(cmd, points, entry_id, balance, programme.version, awards))
+    return Result(_transaction_json(cmd, points, entry_id, balance, programme.version, awards), created=True)
 
 
 def touch(conn: Connection, member_id: str, now: dt.datetime) -> int:
@@ -301,9 +233,11 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
     ``amount`` the transaction has given back ``floor(points * r / amount)``.
     """
     member_id = find_transaction_member(conn, cmd.transaction_id)
-    existing = claim_key(conn, "reversal", cmd.reversal_id, request_hash(asdict(cmd)), member_id=member_id, now=now)
+    existing = claim_key(
+        conn, "reversal", cmd.reversal_id, request_hash(asdict(cmd)), field="reversal_id", member_id=member_id, now=now
+    )
     if existing is not None:
-        return Result(200, reversal_body(conn, existing.member_id, cmd.reversal_id), replayed=True)
+        return Result(reversal_body(conn, existing.member_id, cmd.reversal_id), replayed=True)
     t = transactions.c
     row = conn.execute(
         sa.update(transactions)
@@ -393,7 +327,7 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
             },
             now=now,
         )
-    return Result(201, reversal_body(conn, member_id, cmd.reversal_id))
+    return Result(reversal_body(conn, member_id, cmd.reversal_id), created=True)
 
 
 def reversal_body(conn: Connection, member_id: str, reversal_id: str) -> dict[str, Any]:

@@ -1,177 +1,38 @@
 """The JSON API (``/v1``): authentication, idempotency, errors as problem+json.
 
 Views are thin: they parse the request into a command, open one transaction,
-call one service, and turn the result into JSON.
+call one service, and turn the result into JSON. What they share is in
+:mod:`loyalty.api.base`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
-import re
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
-from sqlalchemy.engine import Connection
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from loyalty import Runtime
-from loyalty.accrual.models import idempotency_keys
-from loyalty.accrual.service import Result, claim_key, request_hash
-from loyalty.auth.service import KeyCache
-from loyalty.db import transaction
-from loyalty.errors import (
-    Forbidden,
-    LoyaltyError,
-    MalformedRequest,
-    PayloadTooLarge,
-    Unauthorized,
-    UnsupportedMediaType,
-    ValidationError,
+from loyalty.api import (  # noqa: F401  (registers the views)
+    catalogue,
+    events,
+    jobs,
+    members,
+    partners,
+    profiles,
+    programmes,
+    redemptions,
+    tiers,
+    transactions,
 )
+from loyalty.api.base import bp, json_response, problem
+from loyalty.auth.service import KeyCache
+from loyalty.errors import LoyaltyError, PayloadTooLarge
+from loyalty.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("v1", __name__, url_prefix="/v1")
-
-PROBLEM_JSON = "application/problem+json"
-
-
-def runtime() -> Runtime:
-    return current_app.extensions["loyalty"]  # type: ignore[no-any-return]
-
-
-def problem(err: LoyaltyError) -> Response:
-    return Response(json.dumps(err.problem(), ensure_ascii=False), status=err.status, mimetype=PROBLEM_JSON)
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json", headers=headers)
-
-
-def json_body() -> Any:
-    """The request's JSON body; refuses a wrong content type, bad JSON, an oversized body."""
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType("send the body as application/json", field="Content-Type")
-    try:
-        raw = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"the body exceeds {current_app.config['MAX_CONTENT_LENGTH']} bytes", field="body"
-        ) from None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}", field="body") from None
-
-
-def requires(*scopes: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-    """Require an API key (``Authorization: Bearer <key>``) that has one of ``scopes``."""
-    needed = " or ".join(repr(s) for s in scopes)
-
-    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
-        @wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Response:
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("send an API key as 'Authorization: Bearer <key>'", field="Authorization")
-            key = current_app.extensions["loyalty_keys"].authenticate(token.strip())
-            if key is None:
-                raise Unauthorized("the API key is unknown or revoked", field="Authorization")
-            if key.scopes.isdisjoint(scopes):
-                raise Forbidden(f"this operation needs the {needed} scope", field="Authorization")
-            g.api_key = key
-            return view(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
-def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    """An integer query parameter within ``[low, high]``; a bad one is a 422 naming it."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    if not re.fullmatch(r"[0-9]{1,18}", raw) or not low <= int(raw) <= high:
-        raise ValidationError.one(name, f"must be an integer from {low} to {high}")
-    return int(raw)
-
-
-def idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 200:
-        raise ValidationError.one("Idempotency-Key", "must be 1 to 200 characters")
-    return key
-
-
-def key_scope() -> str:
-    return f"request:{g.api_key.id}"
-
-
-def request_digest(body: Any) -> str:
-    return request_hash({"method": request.method, "path": request.path, "body": body})
-
-
-def execute(operation: Callable[[Connection, dt.datetime], Result], body: Any) -> Response:
-    """Run ``operation`` in one transaction, honouring an ``Idempotency-Key``.
-
-    The key is claimed in the same transaction as the operation's writes and
-    its response stored there too, so a retry either replays that response or,
-    if the first attempt failed, runs again.
-    """
-    rt = runtime()
-    key = idempotency_key()
-    now = rt.now()
-    with transaction(rt.engine) as conn:
-        if key is not None:
-            existing = claim_key(conn, key_scope(), key, request_digest(body), member_id=None, now=now)
-            if existing is not None:
-                return replay(existing)
-        result = operation(conn, now)
-        if key is not None:
-            conn.execute(
-                idempotency_keys.update()
-                .where(idempotency_keys.c.scope == key_scope(), idempotency_keys.c.key == key)
-                .values(status_code=result.status, response_body=json.dumps(result.body, ensure_ascii=False))
-            )
-    return result_response(result)
-
-
-def replay(record: Any) -> Response:
-    return Response(
-        record.response_body,
-        status=record.status_code,
-        mimetype="application/json",
-        headers={"Idempotent-Replayed": "true"},
-    )
-
-
-def result_response(result: Result) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
-    return json_response(result.body, result.status, headers)
-
 
 def init_app(app: Flask) -> None:
-    from loyalty.api import (  # noqa: F401  (registers the views)
-        catalogue,
-        events,
-        jobs,
-        members,
-        partners,
-        profiles,
-        programmes,
-        redemptions,
-        tiers,
-        transactions,
-    )
-
     rt: Runtime = app.extensions["loyalty"]
     app.extensions["loyalty_keys"] = KeyCache(rt.engine, rt.settings.api_key_cache_seconds)
     app.register_blueprint(bp)

@@ -11,13 +11,13 @@ from marshmallow import validate
 from sqlalchemy.engine import Connection
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, json_body, json_response, requires, runtime
-from loyalty.api.schemas import Base, StrictString, load
+from loyalty.api.base import bp, execute, json_body, json_response, requires, runtime
 from loyalty.catalogue import service
 from loyalty.catalogue.models import STATUSES
 from loyalty.db import transaction
 from loyalty.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType, ValidationError
+from loyalty.idempotency import Result
+from loyalty.validation import Base, StrictString, load
 
 #: a voucher code: 4 to 64 printable characters, none of them white space
 MIN_CODE, MAX_CODE = 4, 64
@@ -38,7 +38,7 @@ def create_benefit() -> Response:
     actor = g.api_key.name
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(201, service.create(conn, new, actor=actor, now=now))
+        return Result(service.create(conn, new, actor=actor, now=now), created=True)
 
     return execute(operation, body)
 
@@ -68,7 +68,7 @@ def replace_benefit(code: str) -> Response:
     actor = g.api_key.name
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(200, service.replace(conn, code, change, actor=actor, now=now))
+        return Result(service.replace(conn, code, change, actor=actor, now=now))
 
     return execute(operation, body)
 
@@ -85,7 +85,7 @@ def change_status(code: str) -> Response:
     actor = g.api_key.name
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(200, service.set_status(conn, code, status, actor=actor, now=now))
+        return Result(service.set_status(conn, code, status, actor=actor, now=now))
 
     return execute(operation, body)
 
@@ -107,7 +107,7 @@ def upload_codes(code: str) -> Response:
     actor = g.api_key.name
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(200, service.upload_codes(conn, box, code, codes, actor=actor, now=now))
+        return Result(service.upload_codes(conn, box, code, codes, actor=actor, now=now))
 
     # A retry is recognised by a keyed digest of the file, so no code can be guessed from the stored key.
     return execute(operation, {"codes": box.digest(code, text)})

@@ -12,15 +12,15 @@ from marshmallow import ValidationError as MarshmallowError
 from marshmallow import fields, post_load, validate
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, int_arg, json_body, json_response, requires, runtime
-from loyalty.api.schemas import Base, StrictString, load
+from loyalty.api.base import bp, execute, int_arg, json_body, json_response, requires, runtime
 from loyalty.db import transaction
 from loyalty.errors import NotFound, ValidationError
 from loyalty.events import service, webhooks
 from loyalty.events.models import DELIVERY_STATUSES, EVENT_TYPES
 from loyalty.events.service import MAX_BIGINT
 from loyalty.events.webhooks import NewSubscription
+from loyalty.idempotency import Result
+from loyalty.validation import Base, StrictString, load
 
 MAX_FEED_PAGE = 500
 MAX_DELIVERIES_PAGE = 200
@@ -96,7 +96,7 @@ def create_webhook() -> Response:
     actor = g.api_key.name
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(201, webhooks.create_subscription(conn, cmd, actor=actor, now=now))
+        return Result(webhooks.create_subscription(conn, cmd, actor=actor, now=now), created=True)
 
     return execute(operation, body)
 
@@ -147,6 +147,6 @@ def redeliver(subscription_id: str, event_id: str) -> Response:
     actor = g.api_key.name
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(200, webhooks.redeliver(conn, subscription_id, number, actor=actor, now=now))
+        return Result(webhooks.redeliver(conn, subscription_id, number, actor=actor, now=now))
 
     return execute(operation, None)

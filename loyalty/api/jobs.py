@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, request
 
-from loyalty.api import bp, int_arg, json_response, requires, runtime
+from loyalty.api.base import bp, int_arg, json_response, requires, runtime
 from loyalty.errors import ValidationError
 from loyalty.jobs import JOBS
 from loyalty.jobs.runner import recent_runs

@@ -7,12 +7,13 @@ import datetime as dt
 from flask import Response
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, int_arg, json_body, json_response, requires, runtime
-from loyalty.api.schemas import ENROLMENT_SCHEMA, check_not_future, load
+from loyalty.api.base import bp, execute, int_arg, json_body, json_response, requires, runtime
 from loyalty.db import transaction
+from loyalty.idempotency import Result
 from loyalty.members import service
+from loyalty.members.schemas import ENROLMENT_SCHEMA
 from loyalty.members.service import Enrolment
+from loyalty.validation import check_not_future, load
 
 MAX_PAGE = 200
 
@@ -27,7 +28,7 @@ def enrol() -> Response:
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
         created, view = service.enrol(conn, cmd, programme=rt.programme, now=now)
-        return Result(201 if created else 200, view)
+        return Result(view, created=created)
 
     return execute(operation, body)
 

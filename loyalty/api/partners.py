@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from loyalty.api import bp, json_body, json_response, runtime
+from loyalty.api.base import bp, json_body, json_response, runtime
 from loyalty.db import transaction
 from loyalty.errors import NotFound, PayloadTooLarge, Unauthorized
 from loyalty.fulfilment import callbacks, protocol

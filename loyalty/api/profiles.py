@@ -7,12 +7,12 @@ import datetime as dt
 from flask import Response
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, json_body, json_response, requires, runtime
-from loyalty.api.schemas import load_profile
+from loyalty.api.base import bp, execute, json_body, json_response, requires, runtime
 from loyalty.db import transaction
+from loyalty.idempotency import Result
 from loyalty.members import profiles
 from loyalty.members.profiles import local_today
+from loyalty.members.schemas import load_profile
 
 
 @bp.put("/members/<member_id>/profile")
@@ -24,7 +24,7 @@ def put_profile(member_id: str) -> Response:
     cmd = load_profile(body, local_today(rt.now(), programme.zone))
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(200, profiles.put_profile(conn, member_id, cmd, programme=programme, now=now))
+        return Result(profiles.put_profile(conn, member_id, cmd, programme=programme, now=now))
 
     return execute(operation, body)
 

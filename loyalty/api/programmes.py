@@ -10,12 +10,13 @@ from marshmallow import fields, validate
 from sqlalchemy.engine import Connection
 
 from loyalty import audit
-from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, int_arg, json_body, json_response, requires, runtime
-from loyalty.api.schemas import Base, StrictString, load
+from loyalty.accrual import backtest, simulate
+from loyalty.api.base import bp, execute, int_arg, json_body, json_response, requires, runtime
 from loyalty.db import transaction
 from loyalty.errors import ValidationError
-from loyalty.programmes import backtest, service, simulate
+from loyalty.idempotency import Result
+from loyalty.programmes import service
+from loyalty.validation import Base, StrictString, load
 from rules import export_catalogue
 
 
@@ -57,7 +58,7 @@ def create_programme() -> Response:
     document = _document(body)
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        return Result(201, service.create_draft(conn, document, actor=actor(), now=now))
+        return Result(service.create_draft(conn, document, actor=actor(), now=now), created=True)
 
     return execute(operation, body)
 
@@ -93,7 +94,7 @@ def publish_programme(version: str) -> Response:
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
         effective = data["effective_from"].astimezone(dt.UTC) if data["effective_from"] else None
-        return Result(200, service.publish(conn, version, effective_from=effective, actor=actor(), now=now))
+        return Result(service.publish(conn, version, effective_from=effective, actor=actor(), now=now))
 
     response = execute(operation, body)
     rt.programmes.invalidate()

@@ -16,12 +16,12 @@ from flask import Response
 from marshmallow import fields, post_load, validate
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, json_body, json_response, requires, runtime
-from loyalty.api.schemas import ID, Base, StrictInteger, StrictString, load
+from loyalty.api.base import bp, execute, json_body, json_response, requires, runtime
 from loyalty.db import transaction
+from loyalty.idempotency import Result
 from loyalty.redemption import service
 from loyalty.redemption.service import PHONE_NUMBER, RedemptionCommand
+from loyalty.validation import ID, Base, StrictInteger, StrictString, load
 
 #: Most units of a benefit one redemption may ask for.
 MAX_QUANTITY = 10

@@ -9,12 +9,12 @@ from flask import Response
 from marshmallow import fields, post_load, validate
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.service import Result
-from loyalty.api import bp, execute, int_arg, json_body, json_response, requires, runtime
+from loyalty.api.base import bp, execute, int_arg, json_body, json_response, requires, runtime
 from loyalty.api.programmes import actor
-from loyalty.api.schemas import Base, StrictString, load
 from loyalty.db import transaction
+from loyalty.idempotency import Result
 from loyalty.tiers import service
+from loyalty.validation import Base, StrictString, load
 
 
 class OverrideSchema(Base):
@@ -40,7 +40,7 @@ def put_override(member_id: str) -> Response:
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
         override = service.set_override(conn, member_id, **data, actor=actor(), programme=rt.programme, now=now)
-        return Result(200, {"member_id": member_id, "override": override})
+        return Result({"member_id": member_id, "override": override})
 
     return execute(operation, body)
 

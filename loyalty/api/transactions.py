@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 from flask import Response
 from sqlalchemy.engine import Connection
 
+from loyalty import idempotency
 from loyalty.accrual import service
-from loyalty.accrual.models import idempotency_keys
-from loyalty.accrual.service import Result, ReversalCommand
-from loyalty.api import (
+from loyalty.accrual.schemas import BATCH_SCHEMA, REVERSAL_SCHEMA, load_transaction
+from loyalty.accrual.service import ReversalCommand
+from loyalty.api.base import (
     bp,
     execute,
     idempotency_key,
@@ -24,10 +24,12 @@ from loyalty.api import (
     requires,
     result_response,
     runtime,
+    status_of,
 )
-from loyalty.api.schemas import BATCH_SCHEMA, REVERSAL_SCHEMA, load, load_transaction
-from loyalty.db import insert_ignore, transaction
+from loyalty.db import transaction
 from loyalty.errors import LoyaltyError
+from loyalty.idempotency import Result
+from loyalty.validation import load
 
 
 @bp.post("/transactions")
@@ -80,14 +82,9 @@ def post_batch() -> Response:
     key = idempotency_key()
     if key is not None:
         with transaction(rt.engine, readonly=True) as conn:
-            existing = conn.execute(
-                idempotency_keys.select().where(idempotency_keys.c.scope == key_scope(), idempotency_keys.c.key == key)
-            ).first()
+            existing = idempotency.find(conn, key_scope(), key)
         if existing is not None:
-            if existing.request_hash != request_digest(body):
-                raise service.IdempotencyConflict(
-                    "Idempotency-Key was already used with a different request", field="Idempotency-Key"
-                )
+            idempotency.check_same(existing, request_digest(body), "Idempotency-Key", field="Idempotency-Key")
             return replay(existing)
     results: list[dict[str, Any]] = []
     for index, item in enumerate(items):
@@ -96,23 +93,16 @@ def post_batch() -> Response:
             with transaction(rt.engine) as conn:
                 programme = rt.programmes.at(cmd.occurred_at)
                 result = service.record_transaction(conn, cmd, programme=programme, now=rt.now(), current=rt.programme)
-            results.append({"index": index, "status": result.status, "result": result.body})
+            results.append({"index": index, "status": status_of(result), "result": result.body})
         except LoyaltyError as err:
             problem = err.problem()
             if "field" in problem:
                 problem["field"] = f"transactions[{index}].{problem['field']}"
             results.append({"index": index, "status": err.status, "problem": problem})
-    out = Result(200, {"results": results})
+    out = Result({"results": results})
     if key is not None:
         with transaction(rt.engine) as conn:
-            conn.execute(
-                insert_ignore(conn, idempotency_keys).values(
-                    scope=key_scope(),
-                    key=key,
-                    request_hash=request_digest(body),
-                    status_code=200,
-                    response_body=json.dumps(out.body, ensure_ascii=False),
-                    created_at=rt.now(),
-                )
+            idempotency.record_answer(
+                conn, key_scope(), key, request_digest(body), status_of(out), out.body, now=rt.now()
             )
     return result_response(out)

@@ -26,8 +26,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty import audit
+from loyalty.calendar import iso
+from loyalty.catalogue.benefit import BenefitNotFound
 from loyalty.catalogue.codes import CodeBox, add_codes
-from loyalty.catalogue.model import BenefitNotFound
 from loyalty.catalogue.models import (
     CODE_STATUSES,
     FULFILMENTS,
@@ -40,7 +41,6 @@ from loyalty.catalogue.models import (
 from loyalty.db import insert_ignore
 from loyalty.errors import Conflict, LoyaltyError, ValidationError
 from loyalty.ledger.models import accounts
-from loyalty.members.service import iso
 
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 #: partner and funding source names

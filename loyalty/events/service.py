@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loyalty.calendar import iso
 from loyalty.db import insert_ignore, is_postgres
 from loyalty.errors import ValidationError
 from loyalty.events.models import EVENT_TYPES, events
@@ -85,7 +86,7 @@ def event_json(row: Any) -> dict[str, Any]:
         "event_id": str(row.id),
         "type": row.type,
         "member_id": row.member_id,
-        "occurred_at": row.occurred_at.isoformat().replace("+00:00", "Z"),
+        "occurred_at": iso(row.occurred_at),
         "data": json.loads(row.payload),
         "cursor": encode_cursor(row.tx, row.id),
     }

@@ -45,16 +45,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from loyalty import audit
+from loyalty.calendar import iso
 from loyalty.db import insert_ignore, transaction
 from loyalty.errors import Conflict, NotFound
 from loyalty.events.models import DELIVERY_STATUSES, events, webhook_deliveries, webhook_subscriptions
 from loyalty.events.service import encode_cursor, end_of_feed, event_json, visible
-from loyalty.jobs import Outcome
-from loyalty.members.service import iso
+from loyalty.runtime import Outcome
 
 if TYPE_CHECKING:
-    from loyalty import Runtime
     from loyalty.config import Settings
+    from loyalty.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -34,12 +34,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+from loyalty.config import Settings, partner_kind
 from loyalty.fulfilment import protocol
-
-if TYPE_CHECKING:
-    from loyalty.config import Settings
 
 USER_AGENT = "loyalty-fulfilment/1"
 #: 4xx answers to an order that do not refuse it for good
@@ -172,11 +170,6 @@ class VideoMembership(Adapter):
 
 #: adapter classes by partner kind
 ADAPTERS: dict[str, type[Adapter]] = {a.kind: a for a in (TelecomTopUp, VideoMembership)}
-
-
-def partner_kind(name: str) -> str:
-    """A partner's kind is its name up to the first ``-``: ``telecom-cmcc`` is a ``telecom`` partner."""
-    return name.split("-", 1)[0]
 
 
 def adapter_for(settings: Settings, partner: str) -> Adapter | None:

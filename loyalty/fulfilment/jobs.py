@@ -38,13 +38,13 @@ import sqlalchemy as sa
 from loyalty.catalogue.models import benefits
 from loyalty.db import is_postgres, transaction
 from loyalty.fulfilment.adapters import FAILED, NOT_FOUND, SUCCEEDED, UNKNOWN, Answer, Order, adapter_for
-from loyalty.jobs import Outcome
 from loyalty.redemption import states
 from loyalty.redemption.models import redemptions
+from loyalty.runtime import Outcome
 
 if TYPE_CHECKING:
-    from loyalty import Runtime
     from loyalty.config import Settings
+    from loyalty.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

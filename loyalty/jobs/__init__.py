@@ -20,16 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import datetime as dt
 
-    from loyalty import Runtime
-
-
-@dataclass
-class Outcome:
-    """What a run did: rows it changed, errors it met and carried on past, a summary."""
-
-    rows: int = 0
-    errors: int = 0
-    detail: str = ""
+    from loyalty.runtime import Outcome, Runtime
 
 
 @dataclass(frozen=True)
@@ -64,13 +55,13 @@ JOBS: dict[str, Job] = {
         Job(
             "birthdays",
             "daily birthday gifts through the rules engine, once per member per year",
-            "loyalty.tiers.jobs:birthdays",
+            "loyalty.members.jobs:birthdays",
             {"trigger": "cron", "hour": 0, "minute": 5},
         ),
         Job(
             "points_expiring",
             "daily points.expiring events for lots that expire in 30 days",
-            "loyalty.tiers.jobs:points_expiring",
+            "loyalty.members.jobs:points_expiring",
             {"trigger": "cron", "hour": 1, "minute": 30},
         ),
         Job(

@@ -10,12 +10,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loyalty import Runtime
+from loyalty.calendar import iso
 from loyalty.db import transaction
 from loyalty.errors import NotFound
-from loyalty.jobs import JOBS, Outcome
+from loyalty.jobs import JOBS
 from loyalty.jobs.models import job_runs
-from loyalty.members.service import iso
+from loyalty.runtime import Outcome, Runtime
 
 log = logging.getLogger(__name__)
 

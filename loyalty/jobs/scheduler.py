@@ -26,13 +26,13 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from loyalty import Runtime
 from loyalty.db import transaction
 from loyalty.jobs import JOBS, Job
 from loyalty.jobs.leader import Leadership, leadership_for
 from loyalty.jobs.models import job_runs
 from loyalty.jobs.runner import run_job, runner_name
 from loyalty.programmes.service import NoProgramme
+from loyalty.runtime import Runtime
 from rules.model import DEFAULT_TIMEZONE
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rules.tiers import add_months
-
-__all__ = ["OpenLot", "add_months", "check_balanced", "fifo_order", "take"]
+__all__ = ["OpenLot", "check_balanced", "fifo_order", "take"]
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loyalty import calendar
 from loyalty.errors import HoldNotPending, InsufficientPoints, NotFound, UnknownMember
-from loyalty.ledger.lots import OpenLot, add_months, check_balanced, take
+from loyalty.ledger.lots import OpenLot, check_balanced, take
 from loyalty.ledger.models import (
     holds,
     journal_entries,
@@ -33,7 +34,7 @@ from loyalty.ledger.models import (
     point_lots,
     postings,
 )
-from rules import Award
+from rules import Award, Programme
 
 MEMBER = "member"
 HOLDS = "holds"
@@ -212,6 +213,12 @@ def _consume(conn: Connection, member_id: str, entry_id: str, plan: Sequence[tup
     )
 
 
+def lot_expiry(programme: Programme, earned_at: dt.datetime) -> dt.datetime:
+    """When points earned at ``earned_at`` under ``programme`` expire: ``expiry_months`` months
+    later by the bank's local calendar, at the same local time."""
+    return calendar.add_months(earned_at, programme.expiry_months, programme.zone)
+
+
 def accrue(
     conn: Connection,
     member_id: str,
@@ -220,7 +227,7 @@ def accrue(
     kind: str,
     source_ref: str,
     earned_at: dt.datetime,
-    expiry_months: int,
+    expires_at: dt.datetime,
     now: dt.datetime,
     transaction_id: str | None = None,
     programme_version: str | None = None,
@@ -240,7 +247,7 @@ def accrue(
         kind=kind,
         source_ref=source_ref,
         earned_at=earned_at,
-        expiry_months=expiry_months,
+        expires_at=expires_at,
         now=now,
         transaction_id=transaction_id,
         programme_version=programme_version,
@@ -271,7 +278,7 @@ def accrual_rows(
     kind: str,
     source_ref: str,
     earned_at: dt.datetime,
-    expiry_months: int,
+    expires_at: dt.datetime,
     now: dt.datetime,
     transaction_id: str | None = None,
     programme_version: str | None = None,
@@ -293,7 +300,6 @@ def accrual_rows(
         transaction_id=transaction_id,
         programme_version=programme_version,
     )
-    expires_at = add_months(earned_at, expiry_months)
     debt = max(0, -(balance_after - int(entry["points"])))  # type: ignore[call-overload]
     lots: list[dict[str, object]] = []
     consumptions: list[dict[str, object]] = []
@@ -479,8 +485,8 @@ def capture(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime)
 
 def void(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) -> Posted:
     """Second phase, failure: the held points go back to the member and to
-    the lots they came from (a lot that has expired meanwhile gets them back
-    too, and the expiry job takes them).
+    the lots they came from (a lot whose expiry has passed meanwhile gets
+    them back too).
 
     If a refund made the balance negative meanwhile, the returned points pay
     that debt first and only the rest goes back into lots.

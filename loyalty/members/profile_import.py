@@ -32,15 +32,16 @@ import sqlalchemy as sa
 from marshmallow import ValidationError as MarshmallowError
 from sqlalchemy.engine import Connection
 
-from loyalty import Runtime
 from loyalty.accrual.importer import chunks
-from loyalty.api.schemas import ID, load_profile
 from loyalty.db import is_postgres, transaction
 from loyalty.errors import LoyaltyError, ValidationError
 from loyalty.ledger.models import member_accounts
-from loyalty.members.models import member_profiles, members
 from loyalty.members.profiles import PROFILE_FIELDS, ProfileUpdate, column_values, local_today, profile_insert
+from loyalty.members.schemas import load_profile
+from loyalty.records.models import member_profiles, members
+from loyalty.runtime import Runtime
 from loyalty.tiers.service import reassess_members
+from loyalty.validation import ID
 
 COLUMNS = (
     "member_id",

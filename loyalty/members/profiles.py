@@ -17,11 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from loyalty.calendar import iso
 from loyalty.db import is_postgres
 from loyalty.errors import Conflict, MemberNotFound
 from loyalty.ledger.models import journal_entries, member_accounts
-from loyalty.members.models import member_profiles, members
-from loyalty.members.service import credit_bonus, iso
+from loyalty.members.service import credit_bonus
+from loyalty.records.models import member_profiles, members
 from loyalty.tiers.service import reassess
 from rules import Programme, evaluate
 

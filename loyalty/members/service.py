@@ -9,12 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loyalty.calendar import iso
 from loyalty.db import insert_ignore
 from loyalty.errors import MemberNotFound
 from loyalty.events.service import emit
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import journal_entries, member_accounts, point_lots
-from loyalty.members.models import members
+from loyalty.records.models import members
 from loyalty.tiers import service as tiers
 from rules import Award, Programme, evaluate
 
@@ -85,7 +86,7 @@ def credit_bonus(
         kind="bonus",
         source_ref=source_ref or source,
         earned_at=earned_at or now,
-        expiry_months=programme.expiry_months,
+        expires_at=ledger.lot_expiry(programme, earned_at or now),
         now=now,
         programme_version=programme.version,
     )
@@ -179,6 +180,3 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
         "next_cursor": str(rows[-1].seq) if more else None,
     }
 
-
-def iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from loyalty import audit
+from loyalty.calendar import iso
 from loyalty.db import insert_ignore, transaction
 from loyalty.errors import Conflict, LoyaltyError, NotFound, RuleDocumentError, ValidationError
 from loyalty.ledger.models import accounts
@@ -123,7 +124,7 @@ def publish(
             f"must be at least {int(PUBLISH_LEAD.total_seconds())} seconds from now, never in the past",
         )
     doc = dump_programme(programme)
-    doc["effective_from"] = when.isoformat().replace("+00:00", "Z")
+    doc["effective_from"] = iso(when)
     pv = programme_versions.c
     clash = conn.execute(sa.select(pv.version).where(pv.status == "published", pv.effective_from == when)).scalar()
     if clash is not None:
@@ -209,19 +210,16 @@ def version_view(conn: Connection, version: str, *, with_document: bool = True) 
     return _view(row, with_document)
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
 
 def _view(row: Any, with_document: bool) -> dict[str, Any]:
     view = {
         "version": row.version,
         "status": row.status,
-        "effective_from": _iso(row.effective_from),
+        "effective_from": iso(row.effective_from),
         "created_by": row.created_by,
-        "created_at": _iso(row.created_at),
+        "created_at": iso(row.created_at),
         "published_by": row.published_by,
-        "published_at": _iso(row.published_at),
+        "published_at": iso(row.published_at),
     }
     if with_document:
         view["document"] = json.loads(row.document)
@@ -274,7 +272,7 @@ class ProgrammeStore:
             i = bisect.bisect_right(self._starts, moment) - 1
             if i < 0:
                 raise NoProgramme(
-                    f"no programme version is in force at {_iso(moment)}; publish one "
+                    f"no programme version is in force at {iso(moment)}; publish one "
                     "(or run 'loyalty rules install-default')",
                     field="occurred_at",
                 )

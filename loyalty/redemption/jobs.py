@@ -7,13 +7,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loyalty import Runtime
 from loyalty.db import transaction
-from loyalty.jobs import Outcome
 from loyalty.ledger.models import member_accounts
-from loyalty.members.models import members
+from loyalty.records.models import members
 from loyalty.redemption import states
 from loyalty.redemption.models import redemptions
+from loyalty.runtime import Outcome, Runtime
 
 #: Redemptions per chunk (one transaction each).
 CHUNK = 500

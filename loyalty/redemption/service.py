@@ -33,16 +33,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loyalty.accrual.models import idempotency_keys
-from loyalty.accrual.service import Result, claim_key, request_hash
+from loyalty import calendar
+from loyalty.calendar import iso
 from loyalty.catalogue import codes
-from loyalty.catalogue.model import Benefit, Entitlement, all_benefits, benefit_from_row
+from loyalty.catalogue.benefit import Benefit, Entitlement, all_benefits, benefit_from_row
 from loyalty.catalogue.models import PERIODS, benefits
-from loyalty.errors import IdempotencyConflict, InsufficientPoints, MemberNotFound, UnknownMember, ValidationError
+from loyalty.errors import InsufficientPoints, MemberNotFound, UnknownMember, ValidationError
+from loyalty.idempotency import Result, claim_key, idempotency_keys, request_hash
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import member_accounts
-from loyalty.members.models import members
-from loyalty.members.service import iso
+from loyalty.records.models import members
 from loyalty.redemption import states
 from loyalty.redemption.errors import (
     BenefitInactive,
@@ -104,23 +104,6 @@ def check_delivery(benefit: Benefit, delivery: dict[str, str] | None) -> None:
 # ---- periods and usage ----------------------------------------------------------------------------------------
 
 
-def period_bounds(moment: dt.datetime, period: str, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
-    """UTC bounds of the local day, month or year (programme time zone) that contains ``moment``."""
-    local = moment.astimezone(zone)
-    if period == "day":
-        start = dt.datetime(local.year, local.month, local.day, tzinfo=zone)
-        end = start + dt.timedelta(days=1)
-    elif period == "month":
-        start = dt.datetime(local.year, local.month, 1, tzinfo=zone)
-        end = dt.datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=zone)
-    elif period == "year":
-        start = dt.datetime(local.year, 1, 1, tzinfo=zone)
-        end = dt.datetime(local.year + 1, 1, 1, tzinfo=zone)
-    else:
-        raise ValueError(f"unknown period {period!r}")
-    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
-
-
 @dataclass(frozen=True)
 class Usage:
     """Units of a benefit a member has in live redemptions in the current periods."""
@@ -139,7 +122,7 @@ def usage(
 ) -> dict[str, Usage]:
     """The member's usage of each benefit (or of one) in the day, month and year containing ``now``."""
     r = redemptions.c
-    bounds = {p: period_bounds(now, p, zone) for p in PERIODS}
+    bounds = {p: calendar.period(p, now, zone) for p in PERIODS}
     columns = []
     for p, (start, end) in bounds.items():
         inside = sa.and_(r.created_at >= start, r.created_at < end)
@@ -276,15 +259,12 @@ def redeem(
     member = _member(conn, cmd.member_id)
     if member is None:
         raise UnknownMember(f"member {cmd.member_id!r} is not enrolled", field="member_id")
-    try:
-        digest = request_hash(asdict(cmd))
-        existing = claim_key(conn, SCOPE, cmd.redemption_id, digest, member_id=cmd.member_id, now=now)
-    except IdempotencyConflict as exc:
-        raise IdempotencyConflict(
-            f"redemption {cmd.redemption_id!r} was already used with a different request", field="redemption_id"
-        ) from exc
+    digest = request_hash(asdict(cmd))
+    existing = claim_key(
+        conn, SCOPE, cmd.redemption_id, digest, field="redemption_id", member_id=cmd.member_id, now=now
+    )
     if existing is not None:
-        return Result(200, redemption_view(conn, existing.member_id, cmd.redemption_id, now=now), replayed=True)
+        return Result(redemption_view(conn, existing.member_id, cmd.redemption_id, now=now), replayed=True)
     row = conn.execute(sa.select(benefits).where(benefits.c.code == cmd.benefit_code)).first()
     if row is None:
         raise UnknownBenefit(f"no benefit {cmd.benefit_code!r}", field="benefit_code")
@@ -343,7 +323,7 @@ def redeem(
         states.fulfilled(conn, cmd.member_id, cmd.redemption_id, reference=None, now=now)
     elif benefit.fulfilment == "bank":
         states.fulfilled(conn, cmd.member_id, cmd.redemption_id, reference=f"BANK-{cmd.redemption_id}", now=now)
-    return Result(201, redemption_view(conn, cmd.member_id, cmd.redemption_id, now=now))
+    return Result(redemption_view(conn, cmd.member_id, cmd.redemption_id, now=now), created=True)
 
 
 # ---- reading --------------------------------------------------------------------------------------------------
@@ -434,7 +414,7 @@ def cancel(conn: Connection, redemption_id: str, *, now: dt.datetime) -> Result:
         }[reason]
         raise NotCancellable(f"redemption {redemption_id!r} cannot be cancelled: {detail}", reason=reason)
     states.cancelled(conn, member_id, redemption_id, now=now)
-    return Result(200, redemption_view(conn, member_id, redemption_id, now=now))
+    return Result(redemption_view(conn, member_id, redemption_id, now=now))
 
 
 # ---- what a member can get ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from loyalty.catalogue.models import benefits, voucher_codes
 from loyalty.events.service import emit
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import member_accounts
-from loyalty.members.models import members
+from loyalty.records.models import members
 from loyalty.redemption.models import redemptions
 
 

@@ -28,17 +28,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loyalty import audit
+from loyalty import audit, calendar
+from loyalty.calendar import iso
 from loyalty.db import UTCDateTime, is_postgres
 from loyalty.errors import MemberNotFound, ValidationError
 from loyalty.events.models import events
 from loyalty.events.service import emit, json_object
 from loyalty.ledger.models import member_accounts
-from loyalty.members.models import members
+from loyalty.records.models import members
 from loyalty.tiers import sql as tsql
 from loyalty.tiers.models import lifecycle_changes, tier_changes
 from rules import Programme
-from rules.tiers import Ladder, StageBounds, stage
+from rules.tiers import Ladder, stage
 
 #: How the set-based writer decides: ``event`` only upgrades, ``review`` also steps down.
 MODES = ("event", "review")
@@ -104,8 +105,6 @@ def metrics(conn: Connection, member_id: str, *, programme: Programme, now: dt.d
 
 
 def metrics_dict(row: Any, day: dt.date) -> dict[str, Any]:
-    from loyalty.accrual.context import age_on
-
     share = row.digital_share
     return {
         "aum": int(row.aum),
@@ -115,7 +114,7 @@ def metrics_dict(row: Any, day: dt.date) -> dict[str, Any]:
         "digital_share": None if share is None else int(share),
         "products_held": [p for p in row.products_held.split(",") if p],
         "product_count": int(row.product_count),
-        "age": age_on(row.birth_date, day),
+        "age": calendar.age_on(row.birth_date, day),
     }
 
 
@@ -242,7 +241,13 @@ def after_transaction(
         _record_tier_change(
             conn, member_id, old=state.tier, new=tier, source="event", reason=reason, programme=programme, now=now
         )
-    new_stage = stage(programme.lifecycle, first_transaction_at=first, last_transaction_at=last, tier=tier, as_of=now)
+    new_stage = stage(
+        programme.lifecycle,
+        first_transaction_at=first,
+        last_transaction_at=last,
+        tier=tier,
+        bounds=tsql.stage_bounds(programme.lifecycle, now, programme.zone),
+    )
     if new_stage != state.lifecycle_stage:
         values.update(lifecycle_stage=new_stage, lifecycle_since=now)
         _record_stage_change(conn, member_id, old=state.lifecycle_stage, new=new_stage, source="event", now=now)
@@ -259,7 +264,7 @@ def _restage_one(
         first_transaction_at=state.first_transaction_at,
         last_transaction_at=state.last_transaction_at,
         tier=tier,
-        as_of=now,
+        bounds=tsql.stage_bounds(programme.lifecycle, now, programme.zone),
     )
     if new_stage != state.lifecycle_stage:
         conn.execute(
@@ -314,14 +319,14 @@ def set_override(
             now=now,
         )
         _restage_one(conn, member_id, state, tier=tier, programme=programme, now=now)
-    override = {"tier": tier, "until": _iso(until), "reason": reason}
+    override = {"tier": tier, "until": iso(until), "reason": reason}
     audit.record(
         conn,
         actor=actor,
         action="tier.override",
         object_type="member",
         object_id=member_id,
-        before={"tier": state.tier, "override_tier": state.override_tier, "override_until": _iso(state.override_until)},
+        before={"tier": state.tier, "override_tier": state.override_tier, "override_until": iso(state.override_until)},
         after=override,
         now=now,
     )
@@ -346,14 +351,11 @@ def end_override(conn: Connection, member_id: str, *, actor: str, now: dt.dateti
         action="tier.override_ended",
         object_type="member",
         object_id=member_id,
-        before={"override_tier": row.override_tier, "override_until": _iso(row.override_until)},
+        before={"override_tier": row.override_tier, "override_until": iso(row.override_until)},
         after=None,
         now=now,
     )
 
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 # ---- views ------------------------------------------------------------------------------------------------------
@@ -380,16 +382,16 @@ def tier_view(conn: Connection, member_id: str, *, programme: Programme, now: dt
     return {
         "tier": {
             "code": row.tier,
-            "since": _iso(row.tier_since),
+            "since": iso(row.tier_since),
             "override": (
-                {"tier": row.override_tier, "until": _iso(row.override_until), "reason": row.override_reason}
+                {"tier": row.override_tier, "until": iso(row.override_until), "reason": row.override_reason}
                 if pinned
                 else None
             ),
             "progress": programme.ladder.progress(row.tier, figures),
             "metrics": figures,
         },
-        "lifecycle": {"stage": row.lifecycle_stage, "since": _iso(row.lifecycle_since)},
+        "lifecycle": {"stage": row.lifecycle_stage, "since": iso(row.lifecycle_since)},
     }
 
 
@@ -413,12 +415,12 @@ def history(conn: Connection, member_id: str, *, limit: int) -> dict[str, Any]:
                 "source": r.source,
                 "reason": r.reason,
                 "programme_version": r.programme_version,
-                "changed_at": _iso(r.changed_at),
+                "changed_at": iso(r.changed_at),
             }
             for r in tiers
         ],
         "lifecycle": [
-            {"from": r.from_stage, "to": r.to_stage, "source": r.source, "changed_at": _iso(r.changed_at)}
+            {"from": r.from_stage, "to": r.to_stage, "source": r.source, "changed_at": iso(r.changed_at)}
             for r in stages
         ],
     }
@@ -559,7 +561,7 @@ def apply_stages(
     """Recompute the lifecycle stage of every member matching ``members_filter`` in SQL and write
     the changes (members, history, events). Returns how many changed."""
     lc = programme.lifecycle
-    b = StageBounds.at(lc, as_of)
+    b = tsql.stage_bounds(lc, as_of, programme.zone)
     m = members.c
     computed = sa.case(
         (sa.or_(m.first_transaction_at.is_(None), m.last_transaction_at.is_(None)), "acquisition"),

@@ -16,11 +16,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loyalty.accrual.models import reversals, transactions
+from loyalty import calendar
 from loyalty.ledger.models import point_lots
-from loyalty.members.models import member_profiles, members
-from rules.model import Condition
-from rules.tiers import Ladder, add_months
+from loyalty.records.models import member_profiles, members, reversals, transactions
+from rules.conditions import Condition
+from rules.tiers import Ladder, Lifecycle, StageBounds, describe
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,20 @@ class Window:
     def at(cls, ladder: Ladder, as_of: dt.datetime, zone: dt.tzinfo) -> Window:
         return cls(
             as_of=as_of,
-            local_day=as_of.astimezone(zone).date(),
-            qualifying_since=add_months(as_of, -ladder.qualifying_months),
-            activity_since=as_of - dt.timedelta(days=ladder.activity_days),
+            local_day=calendar.local_date(as_of, zone),
+            qualifying_since=calendar.add_months(as_of, -ladder.qualifying_months, zone),
+            activity_since=calendar.add_days(as_of, -ladder.activity_days, zone),
         )
 
 
-def years_before(day: dt.date, years: int) -> dt.date:
-    """``day`` moved back whole years; 29 February becomes the 28th in a common year."""
-    try:
-        return day.replace(year=day.year - years)
-    except ValueError:
-        return day.replace(year=day.year - years, day=28)
+def stage_bounds(lifecycle: Lifecycle, as_of: dt.datetime, zone: dt.tzinfo) -> StageBounds:
+    """The lifecycle's days and months counted back from ``as_of`` by the bank's calendar."""
+    return StageBounds(
+        activation_since=calendar.add_days(as_of, -lifecycle.activation_days, zone),
+        decline_before=calendar.add_months(as_of, -lifecycle.decline_months, zone),
+        churn_before=calendar.add_months(as_of, -lifecycle.churn_months, zone),
+        maturity_before=calendar.add_months(as_of, -lifecycle.maturity_months, zone),
+    )
 
 
 #: A range of member ids: those greater than the first (``None``: from the first member)
@@ -189,10 +191,10 @@ def _age(op: str, value: Any, birth: Any, day: dt.date) -> sa.ColumnElement[bool
     """A test on age as a test on the birth date: age >= n exactly when born on or before ``day`` less n years."""
 
     def at_least(n: int) -> sa.ColumnElement[bool]:
-        return birth <= years_before(day, n)  # type: ignore[no-any-return]
+        return birth <= calendar.years_before(day, n)  # type: ignore[no-any-return]
 
     def below(n: int) -> sa.ColumnElement[bool]:
-        return birth > years_before(day, n)  # type: ignore[no-any-return]
+        return birth > calendar.years_before(day, n)  # type: ignore[no-any-return]
 
     def exactly(n: int) -> sa.ColumnElement[bool]:
         return sa.and_(at_least(n), below(n + 1))
@@ -221,8 +223,6 @@ def _age(op: str, value: Any, birth: Any, day: dt.date) -> sa.ColumnElement[bool
 
 def qualification(ladder: Ladder, row: Any, window: Window) -> tuple[sa.ColumnElement[int], sa.ColumnElement[str]]:
     """The rank of the first tier each row qualifies for, and the criterion it met (as text)."""
-    from rules.tiers import describe
-
     ranks, reasons = [], []
     for t in ladder.tiers:
         for alternative in t.alternatives:

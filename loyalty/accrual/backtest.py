@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty.accrual.context import MemberHistory
-from loyalty.accrual.models import transactions
+from loyalty.calendar import iso
 from loyalty.ledger.models import point_lots
-from loyalty.members.models import member_profiles, members
+from loyalty.records.models import member_profiles, members, transactions
 from rules import Programme, evaluate
 
 FETCH = 5_000
@@ -105,8 +105,8 @@ def run(
     delta = totals["candidate"] - totals["actual"]
     return {
         "candidate_version": candidate.version,
-        "from": _iso(start),
-        "to": _iso(end),
+        "from": iso(start),
+        "to": iso(end),
         "transactions": totals["transactions"],
         "points": {"actual": totals["actual"], "candidate": totals["candidate"], "delta": delta},
         "liability_delta_cny": _cny(delta, point_value_fen),
@@ -151,6 +151,3 @@ def _cny(points: int, point_value_fen: Decimal) -> str:
     """Points valued in CNY, to the fen, as a decimal string."""
     return str((Decimal(points) * point_value_fen / 100).quantize(Decimal("0.01")))
 
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

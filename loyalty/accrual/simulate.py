@@ -7,14 +7,17 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from loyalty import Runtime
 from loyalty.accrual import context as member_context
+from loyalty.accrual.schemas import SIMULATED_TRANSACTION_SCHEMA
 from loyalty.accrual.service import award_json
-from loyalty.api.schemas import SIMULATED_TRANSACTION_SCHEMA, load
+from loyalty.calendar import iso
 from loyalty.errors import ValidationError
 from loyalty.programmes import service
+from loyalty.runtime import Runtime
+from loyalty.validation import load
 from rules import Step, Usage, evaluate
 from rules.catalogue import VARIABLES
+from rules.evaluate import compiled
 
 
 def simulate(
@@ -54,12 +57,12 @@ def simulate(
         facts[name] = value
     trace: list[Step] = []
     awards = evaluate(programme, event, facts, used, trace)
-    shown = programme.compiled.facts(facts)
+    shown = compiled(programme).facts(facts)
     return {
         "programme_version": programme.version,
         "event": event,
         "facts": {
-            k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, dt.datetime) else v) for k, v in shown.items()
+            k: (iso(v) if isinstance(v, dt.datetime) else v) for k, v in shown.items()
         },
         "points": sum(a.points for a in awards),
         "awards": [award_json(a) for a in awards],
