@@ -185,6 +185,7 @@ SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT count(*) FROM acct) AS b
 
 def patch_onestmt() -> None:
     import loyalty.accrual.service as svc
+    from loyalty import calendar
     from loyalty.accrual import context
     from loyalty.ledger import service as ledger
     from rules import evaluate
@@ -200,7 +201,7 @@ def patch_onestmt() -> None:
         if conn.dialect.name != "postgresql":
             return original(conn, cmd, programme=programme, now=now, current=current)
         moment = cmd.occurred_at
-        _d0, _d1, month0, month1 = context.local_bounds(moment, programme.zone)
+        month0, month1 = calendar.month(moment, programme.zone)
         row = conn.execute(
             lock_sql, {"member": cmd.member_id, "month0": month0, "month1": month1, "type": cmd.type, "moment": moment}
         ).first()
@@ -213,7 +214,9 @@ def patch_onestmt() -> None:
         member.update(
             transactions_this_month=int(row.month_count) + 1,
             first_of_type=not row.had_type,
-            days_since_last_transaction=None if last is None else max(0, (moment - last).days),
+            days_since_last_transaction=(
+                None if last is None else max(0, calendar.days_between(last, moment, programme.zone))
+            ),
         )
         used = (
             context.usage(conn, cmd.member_id, moment=moment, programme=programme)
@@ -236,7 +239,7 @@ def patch_onestmt() -> None:
             kind="accrual",
             source_ref=cmd.transaction_id,
             earned_at=moment,
-            expiry_months=programme.expiry_months,
+            expires_at=ledger.lot_expiry(programme, moment, member["tier"]),
             now=now,
             transaction_id=cmd.transaction_id,
             programme_version=programme.version,

@@ -27,6 +27,7 @@ from rules.conditions import (
     parse_condition,
     positive,
 )
+from rules.expiry import Expiry, dump_expiry, load_expiry
 from rules.tiers import Ladder, Lifecycle, dump_ladder, dump_lifecycle, load_ladder, load_lifecycle
 
 # \Z, not $: "$" also matches before a trailing newline, which let "2026.1\n" through.
@@ -82,8 +83,9 @@ def default_tiers() -> tuple[Ladder, Lifecycle]:
 class Programme:
     version: str
     effective_from: dt.datetime
-    expiry_months: int
     rules: tuple[Rule, ...]
+    #: when the points earned under it lapse, unless the member's tier says otherwise
+    expiry: Expiry = field(default_factory=Expiry)
     timezone: str = DEFAULT_TIMEZONE
     caps: Caps = field(default_factory=Caps)
     description: str = ""
@@ -102,6 +104,14 @@ class Programme:
     #: values derived from the programme once and kept with it (its compiled form,
     #: :func:`rules.evaluate.compiled`); not part of its value
     memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def expiry_for(self, tier: str | None) -> Expiry:
+        """The expiry policy for points a member of ``tier`` earns: the tier's own, else the programme's."""
+        if tier is not None:
+            override = self.ladder.expiry_overrides.get(tier)
+            if override is not None:
+                return override
+        return self.expiry
 
     def rule(self, rule_id: str) -> Rule:
         for r in self.rules:
@@ -250,6 +260,7 @@ PROGRAMME_FIELDS = {
     "version",
     "effective_from",
     "timezone",
+    "expiry",
     "expiry_months",
     "caps",
     "rules",
@@ -273,7 +284,7 @@ def load_programme(doc: Any) -> Programme:
     except (ZoneInfoNotFoundError, ValueError):
         raise RuleError("$.timezone", f"unknown time zone {timezone!r}") from None
     effective_from = _effective_from(doc.get("effective_from"), zone)
-    expiry_months = positive(doc.get("expiry_months"), "$.expiry_months")
+    expiry = _expiry(doc)
     raw_rules = get(doc, "rules", "$", list)
     rules = tuple(_rule(r, f"$.rules[{i}]") for i, r in enumerate(raw_rules))
     _check_whole(rules)
@@ -285,12 +296,23 @@ def load_programme(doc: Any) -> Programme:
         lifecycle=lifecycle,
         version=version,
         effective_from=effective_from,
-        expiry_months=expiry_months,
+        expiry=expiry,
         rules=rules,
         timezone=timezone,
         caps=_caps(doc.get("caps"), "$.caps", ("per_day", "per_month")),
         description=get(doc, "description", "$", str, required=False, default=""),
     )
+
+
+def _expiry(doc: dict[str, Any]) -> Expiry:
+    """``expiry`` (a policy), or the older ``expiry_months: N``, which means ``rolling`` N months."""
+    if "expiry" in doc and "expiry_months" in doc:
+        raise RuleError("$.expiry_months", "give either expiry or expiry_months (rolling months), not both")
+    if "expiry_months" in doc:
+        return Expiry("rolling", months=positive(doc["expiry_months"], "$.expiry_months"))
+    if "expiry" not in doc:
+        raise RuleError("$.expiry", "is required: {\"policy\": \"rolling\", \"months\": 24}, end_of_year or never")
+    return load_expiry(doc["expiry"], "$.expiry")
 
 
 def _check_tier_names(rules: tuple[Rule, ...], tiers: tuple[str, ...]) -> None:
@@ -369,7 +391,7 @@ def dump_programme(p: Programme) -> dict[str, Any]:
         "version": p.version,
         "effective_from": p.effective_from.isoformat().replace("+00:00", "Z"),
         "timezone": p.timezone,
-        "expiry_months": p.expiry_months,
+        "expiry": dump_expiry(p.expiry),
     }
     if p.description:
         doc["description"] = p.description

@@ -14,11 +14,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from rules.catalogue import METRICS, TIER_OPERATORS
 from rules.conditions import ID_RE, Condition, RuleError, dump_condition, get, no_extra, positive
 from rules.conditions import parse_condition as condition
+from rules.expiry import Expiry, dump_expiry, load_expiry
 
 #: Metrics measured in fen, shown in CNY in explanations.
 MONEY = frozenset({"aum", "profit_contribution"})
@@ -43,6 +45,8 @@ class Tier:
     description: str = ""
     #: ``None`` for the floor tier, which everyone qualifies for
     criteria: Condition | None = None
+    #: the expiry policy of points the tier's members earn, if not the programme's
+    expiry: Expiry | None = None
 
     @property
     def alternatives(self) -> tuple[Condition, ...]:
@@ -67,6 +71,11 @@ class Ladder:
     @property
     def codes(self) -> tuple[str, ...]:
         return tuple(t.code for t in self.tiers)
+
+    @cached_property
+    def expiry_overrides(self) -> dict[str, Expiry]:
+        """Tiers whose members' points follow their own expiry policy."""
+        return {t.code: t.expiry for t in self.tiers if t.expiry is not None}
 
     @property
     def floor(self) -> str:
@@ -264,7 +273,7 @@ def shortfall(c: Condition, metrics: Mapping[str, Any]) -> list[str]:
 def _tier(doc: Any, path: str, floor: bool) -> Tier:
     if not isinstance(doc, dict):
         raise RuleError(path, "must be an object")
-    no_extra(doc, {"code", "name", "description", "criteria"}, path)
+    no_extra(doc, {"code", "name", "description", "criteria", "expiry"}, path)
     code = get(doc, "code", path, str)
     if not ID_RE.match(code):
         raise RuleError(f"{path}.code", "must be 1-64 lower-case letters, digits, - or _")
@@ -287,6 +296,7 @@ def _tier(doc: Any, path: str, floor: bool) -> Tier:
         name=get(doc, "name", path, str),
         description=get(doc, "description", path, str, required=False, default=""),
         criteria=criteria,
+        expiry=load_expiry(doc["expiry"], f"{path}.expiry") if doc.get("expiry") is not None else None,
     )
 
 
@@ -340,6 +350,8 @@ def dump_ladder(ladder: Ladder) -> dict[str, Any]:
             level["description"] = t.description
         if t.criteria is not None:
             level["criteria"] = dump_condition(t.criteria)
+        if t.expiry is not None:
+            level["expiry"] = dump_expiry(t.expiry)
         levels.append(level)
     return {
         "qualifying_months": ladder.qualifying_months,

@@ -180,7 +180,7 @@ def test_iso_writes_utc_with_z():
 
 def six_month_programme():
     doc = default_document()
-    doc.update(version="six-months", expiry_months=6)
+    doc.update(version="six-months", expiry={"policy": "rolling", "months": 6})
     return load_programme(doc)
 
 

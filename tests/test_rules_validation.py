@@ -420,7 +420,7 @@ PROGRAMME_CASES = [
     (set_at("effective_from", value=20261101), "$.effective_from", "must be an ISO date"),
     (delete_at("effective_from"), "$.effective_from", "must be an ISO date"),
     (set_at("expiry_months", value=0), "$.expiry_months", "must be positive"),
-    (delete_at("expiry_months"), "$.expiry_months", "must be an integer"),
+    (delete_at("expiry_months"), "$.expiry", "is required"),
     (set_at("rules", value={}), "$.rules", "must be a list"),
     (delete_at("rules"), "$.rules", "is required"),
     (set_at("description", value=5), "$.description", "must be a string"),

@@ -60,6 +60,8 @@ class _Row:
     awards: list[Award] = field(default_factory=list)
     entry_id: str | None = None
     programme: Programme = field(default=None)  # type: ignore[assignment]
+    #: the member's tier when the row was evaluated (its points' expiry policy)
+    tier: str | None = None
 
 
 def parse_row(raw: dict[str, str], now: dt.datetime) -> TransactionCommand:
@@ -216,6 +218,7 @@ def _import_chunk(
             state = states[row.cmd.member_id]
             facts, used = state.facts(row.cmd, row.programme)
             row.awards = evaluate(row.programme, "transaction", facts, used)
+            row.tier = facts["tier"]
             state.book(row.cmd, row.programme, row.awards)
         nothing = [r.cmd.transaction_id for r in rows.values() if not r.awards]
         for i in range(0, len(nothing), 1000):
@@ -388,7 +391,7 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
                     kind="accrual",
                     source_ref=r.cmd.transaction_id,
                     earned_at=r.cmd.occurred_at,
-                    expires_at=lot_expiry(r.programme, r.cmd.occurred_at),
+                    expires_at=lot_expiry(r.programme, r.cmd.occurred_at, r.tier),
                     now=now,
                     transaction_id=r.cmd.transaction_id,
                     programme_version=r.programme.version,

@@ -106,7 +106,7 @@ def record_transaction(
             kind="accrual",
             source_ref=cmd.transaction_id,
             earned_at=cmd.occurred_at,
-            expires_at=ledger.lot_expiry(programme, cmd.occurred_at),
+            expires_at=ledger.lot_expiry(programme, cmd.occurred_at, member["tier"]),
             now=now,
             transaction_id=cmd.transaction_id,
             programme_version=programme.version,

@@ -1,4 +1,4 @@
-"""Members: enrolment, balance, statement."""
+"""Members: enrolment, balance, statement, expiry schedule."""
 
 from __future__ import annotations
 
@@ -49,3 +49,12 @@ def get_statement(member_id: str) -> Response:
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
         return json_response(service.statement(conn, member_id, limit=limit or 50, before_seq=cursor))
+
+
+@bp.get("/members/<member_id>/expiry-schedule")
+@requires("read")
+def get_expiry_schedule(member_id: str) -> Response:
+    rt = runtime()
+    now = rt.now()
+    with transaction(rt.engine, readonly=True) as conn:
+        return json_response(service.expiry_schedule(conn, member_id, zone=rt.programmes.at(now).zone, now=now))

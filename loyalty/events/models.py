@@ -12,6 +12,7 @@ EVENT_TYPES = (
     "points.accrued",
     "points.reversed",
     "points.expiring",
+    "points.expired",
     "tier.changed",
     "lifecycle.changed",
     "redemption.fulfilled",

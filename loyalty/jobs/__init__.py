@@ -65,6 +65,12 @@ JOBS: dict[str, Job] = {
             {"trigger": "cron", "hour": 1, "minute": 30},
         ),
         Job(
+            "expiry",
+            "daily lapse of points whose expiry has passed: an expiry entry and a points.expired event per member",
+            "loyalty.members.jobs:expiry",
+            {"trigger": "cron", "hour": 0, "minute": 15},
+        ),
+        Job(
             "webhooks",
             "deliver events to webhook subscriptions, with retries and a dead-letter state",
             "loyalty.events.webhooks:deliver",

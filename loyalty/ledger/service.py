@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from loyalty import calendar
 from loyalty.errors import HoldNotPending, InsufficientPoints, NotFound, UnknownMember
-from loyalty.ledger.lots import OpenLot, check_balanced, take
+from loyalty.ledger.lots import OpenLot, check_balanced, fifo_order, take
 from loyalty.ledger.models import (
     holds,
     journal_entries,
@@ -38,6 +38,7 @@ from rules import Award, Programme
 
 MEMBER = "member"
 HOLDS = "holds"
+EXPIRED = "expired"
 
 #: What a refund does when the member has already spent the points:
 #: ``negative`` takes them all back, letting the balance go below zero;
@@ -186,12 +187,13 @@ def award_lines(awards: Iterable[Award]) -> list[Line]:
     return lines
 
 
-def _open_lots(conn: Connection, member_id: str) -> list[OpenLot]:
+def _open_lots(conn: Connection, member_id: str, *, unexpired_at: dt.datetime | None = None) -> list[OpenLot]:
+    """The member's lots with points left; with ``unexpired_at``, only those that have not expired by then."""
     pl = point_lots.c
-    rows = conn.execute(
-        sa.select(pl.id, pl.remaining, pl.expires_at, pl.earned_at).where(pl.member_id == member_id, pl.remaining > 0)
-    )
-    return [OpenLot(r.id, int(r.remaining), r.expires_at, r.earned_at) for r in rows]
+    q = sa.select(pl.id, pl.remaining, pl.expires_at, pl.earned_at).where(pl.member_id == member_id, pl.remaining > 0)
+    if unexpired_at is not None:
+        q = q.where(pl.expires_at > unexpired_at)
+    return [OpenLot(r.id, int(r.remaining), r.expires_at, r.earned_at) for r in conn.execute(q)]
 
 
 def _consume(conn: Connection, member_id: str, entry_id: str, plan: Sequence[tuple[str, int]]) -> None:
@@ -213,10 +215,21 @@ def _consume(conn: Connection, member_id: str, entry_id: str, plan: Sequence[tup
     )
 
 
-def lot_expiry(programme: Programme, earned_at: dt.datetime) -> dt.datetime:
-    """When points earned at ``earned_at`` under ``programme`` expire: ``expiry_months`` months
-    later by the bank's local calendar, at the same local time."""
-    return calendar.add_months(earned_at, programme.expiry_months, programme.zone)
+#: The expiry of points that never lapse: later than any real one, so they are spent last.
+NEVER = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+
+
+def lot_expiry(programme: Programme, earned_at: dt.datetime, tier: str | None) -> dt.datetime:
+    """When points a member of ``tier`` earns at ``earned_at`` under ``programme`` lapse, by the
+    bank's local calendar: ``rolling`` N months later at the same local time; ``end_of_year``
+    at local midnight when the N-th year after the year of earning ends; or :data:`NEVER`."""
+    policy = programme.expiry_for(tier)
+    zone = programme.zone
+    if policy.policy == "rolling":
+        return calendar.add_months(earned_at, policy.months, zone)
+    if policy.policy == "end_of_year":
+        return calendar.start_of(dt.date(calendar.local_date(earned_at, zone).year + policy.years + 1, 1, 1), zone)
+    return NEVER
 
 
 def accrue(
@@ -387,6 +400,45 @@ def claw_back(
     return Posted(entry_id, seq, -points, balance_after)
 
 
+def expire(conn: Connection, member_id: str, *, as_of: dt.datetime, now: dt.datetime) -> Posted | None:
+    """Post the lapse of the member's points whose expiry is at or before ``as_of``: one
+    ``expiry`` entry from the member to ``expired`` for the remaining points of every such lot,
+    taken first-expiring-first. Returns ``None`` when nothing has lapsed, so running it again
+    posts nothing. Locks the member's account before reading the lots, as every spend does.
+
+    Held points are not in any lot (a hold took them out), so they stay held; voided later,
+    they go back to their lots and lapse at the next run."""
+    ma = member_accounts.c
+    # The lock an UPDATE of the account takes, as bookings and spends take it: foreign-key checks
+    # of other transactions' inserts that reference the account do not wait on it.
+    conn.execute(sa.select(ma.member_id).where(ma.member_id == member_id).with_for_update(key_share=True))
+    lapsed = fifo_order([lot for lot in _open_lots(conn, member_id) if lot.expires_at <= as_of])
+    points = sum(lot.remaining for lot in lapsed)
+    if points <= 0:
+        return None
+    balance_after, seq = _bump_account(conn, member_id, delta=-points)
+    entry_id = new_id()
+    _write_entry(
+        conn,
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind="expiry",
+        source_ref=f"expiry:{seq}",
+        lines=[Line(MEMBER, -points), Line(EXPIRED, points)],
+        balance_after=balance_after,
+        now=now,
+    )
+    _consume(conn, member_id, entry_id, [(lot.id, lot.remaining) for lot in lapsed])
+    return Posted(
+        entry_id,
+        seq,
+        -points,
+        balance_after,
+        [{"id": lot.id, "points": lot.remaining, "expires_at": lot.expires_at} for lot in lapsed],
+    )
+
+
 def _split(points: int, weights: dict[str, int]) -> dict[str, int]:
     total = sum(weights.values())
     if total <= 0:
@@ -408,8 +460,10 @@ def hold(
 ) -> Posted:
     """Move ``points`` from the member's account to ``holds`` (first phase of a spend).
 
-    Refused with :class:`InsufficientPoints` unless the balance covers them.
-    The points come out of the lots first-expiring-first.
+    Refused with :class:`InsufficientPoints` unless the balance covers them with
+    points that have not expired by ``now``: expired points are never spent, even
+    before the expiry job has posted their lapse. The points come out of the
+    unexpired lots first-expiring-first.
     """
     if points <= 0:
         raise ValueError("a hold needs positive points")
@@ -438,9 +492,14 @@ def hold(
             "created_at": now,
         },
     )
-    plan = take(_open_lots(conn, member_id), points)
-    if sum(n for _, n in plan) != points:
-        raise AssertionError("lots do not cover the balance")  # invariant 2 broken
+    plan = take(_open_lots(conn, member_id, unexpired_at=now), points)
+    spendable = sum(n for _, n in plan)
+    if spendable != points:  # the balance counts points that have expired and not lapsed yet
+        raise InsufficientPoints(
+            f"member {member_id!r} does not have {points} points available: some have expired",
+            required=points,
+            available=spendable,
+        )
     _consume(conn, member_id, entry_id, plan)
     return Posted(entry_id, seq, -points, balance_after)
 

@@ -1,4 +1,4 @@
-"""The member jobs: birthday gifts, and notices of points about to expire.
+"""The member jobs: birthday gifts, notices of points about to expire, and their lapse.
 
 Each is idempotent: an event's dedup key and a bonus's source make each
 happen once per member and date, however often the job runs.
@@ -7,19 +7,22 @@ happen once per member and date, however often the job runs.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 from loyalty import calendar
 from loyalty.accrual.context import member_facts
+from loyalty.calendar import iso
 from loyalty.db import UTCDateTime, insert_ignore, is_postgres, transaction
 from loyalty.events.models import events
 from loyalty.events.service import emit, json_object
+from loyalty.ledger import service as ledger
 from loyalty.ledger.models import point_lots
 from loyalty.members.service import credit_bonus
 from loyalty.records.models import member_profiles, members
 from loyalty.runtime import Outcome, Runtime
+from loyalty.tiers.jobs import ranges
 from rules import evaluate
 
 
@@ -80,6 +83,7 @@ def birthdays(rt: Runtime, as_of: dt.datetime) -> Outcome:
                     programme=programme,
                     now=rt.now(),
                     earned_at=as_of,
+                    tier=r.tier,
                 )
                 awarded += 1
             last = rows[-1].member_id
@@ -117,3 +121,48 @@ def points_expiring(rt: Runtime, as_of: dt.datetime) -> Outcome:
             )
         ).rowcount
     return Outcome(rows=written, detail=f"{written} members with points expiring on {day.isoformat()}")
+
+
+#: Members per chunk of the expiry job (one transaction each): small, so no booking waits long.
+EXPIRY_CHUNK = 500
+
+
+def expiry(rt: Runtime, as_of: dt.datetime) -> Outcome:
+    """Lapse every lot whose expiry is at or before ``as_of``: per member, one ``expiry`` entry
+    to ``expired`` for the lots' remaining points, first-expiring-first, and a ``points.expired``
+    event. Works through the members who have such lots in chunks of member ids, one transaction
+    each. Each member's account is locked in turn, in member id order, and nothing else: a
+    booking locks one member's account and member row, so the two never wait on each other in
+    a cycle. A member done has no such lot left, so running it again, or again after a crash,
+    posts nothing more."""
+    pl, m = point_lots.c, members.c
+    due = m.member_id.in_(sa.select(pl.member_id).where(pl.remaining > 0, pl.expires_at <= as_of))
+    members_done = points = 0
+    for chunk, _ in ranges(rt, due, EXPIRY_CHUNK):
+        with transaction(rt.engine) as conn:
+            for member_id in conn.execute(sa.select(m.member_id).where(chunk).order_by(m.member_id)).scalars():
+                posted = ledger.expire(conn, member_id, as_of=as_of, now=rt.now())
+                if posted is None:
+                    continue
+                members_done += 1
+                points -= posted.points
+                emit(
+                    conn,
+                    "points.expired",
+                    member_id=member_id,
+                    payload={
+                        "entry_id": posted.entry_id,
+                        "points": -posted.points,
+                        "balance": posted.balance_after,
+                        "lots": [
+                            {
+                                "lot_id": lot["id"],
+                                "points": lot["points"],
+                                "expired_at": iso(cast(dt.datetime, lot["expires_at"])),
+                            }
+                            for lot in posted.lots
+                        ],
+                    },
+                    now=as_of,
+                )
+    return Outcome(rows=members_done, detail=f"{points} points of {members_done} members expired")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loyalty import calendar
 from loyalty.calendar import iso
 from loyalty.db import insert_ignore
 from loyalty.errors import MemberNotFound
@@ -72,11 +74,13 @@ def credit_bonus(
     now: dt.datetime,
     source_ref: str | None = None,
     earned_at: dt.datetime | None = None,
+    tier: str | None = None,
 ) -> None:
     """Credit a bonus (not a transaction's accrual) and emit its ``points.accrued`` event.
 
     ``source`` names what caused it (``account_opened``, ``birthday``, ...);
-    ``source_ref`` makes it once per member (default: ``source``)."""
+    ``source_ref`` makes it once per member (default: ``source``); ``tier`` is the member's
+    (its points' expiry policy; read from the member when not given)."""
     if not awards:
         return
     posted = ledger.accrue(
@@ -86,7 +90,7 @@ def credit_bonus(
         kind="bonus",
         source_ref=source_ref or source,
         earned_at=earned_at or now,
-        expires_at=ledger.lot_expiry(programme, earned_at or now),
+        expires_at=ledger.lot_expiry(programme, earned_at or now, tier or _tier(conn, member_id)),
         now=now,
         programme_version=programme.version,
     )
@@ -105,6 +109,10 @@ def credit_bonus(
     )
 
 
+def _tier(conn: Connection, member_id: str) -> str | None:
+    return conn.execute(sa.select(members.c.tier).where(members.c.member_id == member_id)).scalar()
+
+
 def member_view(conn: Connection, member_id: str, *, programme: Programme, now: dt.datetime) -> dict[str, Any]:
     """Balance, available and held points, points expiring soon, activity, tier and lifecycle stage."""
     m, a = members.c, member_accounts.c
@@ -120,11 +128,14 @@ def member_view(conn: Connection, member_id: str, *, programme: Programme, now: 
         sa.select(
             *[
                 sa.func.coalesce(
-                    sa.func.sum(sa.case((pl.expires_at <= now + dt.timedelta(days=d), pl.remaining), else_=0)), 0
+                    sa.func.sum(
+                        sa.case((pl.expires_at <= calendar.add_days(now, d, programme.zone), pl.remaining), else_=0)
+                    ),
+                    0,
                 ).label(f"d{d}")
                 for d in EXPIRY_WINDOWS
             ]
-        ).where(pl.member_id == member_id, pl.remaining > 0)
+        ).where(pl.member_id == member_id, pl.remaining > 0, pl.expires_at > now)
     ).one()
     return {
         "member_id": row.member_id,
@@ -137,6 +148,29 @@ def member_view(conn: Connection, member_id: str, *, programme: Programme, now: 
         "expiring": [{"within_days": d, "points": int(getattr(expiring, f"d{d}"))} for d in EXPIRY_WINDOWS],
         "last_activity_at": iso(row.last_activity_at),
         **tiers.tier_view(conn, member_id, programme=programme, now=now),
+    }
+
+
+def expiry_schedule(conn: Connection, member_id: str, *, zone: dt.tzinfo, now: dt.datetime) -> dict[str, Any]:
+    """The member's unexpired points by the local month they expire in, soonest first, and the
+    points that never expire. Held points are in no lot, so they are not in it."""
+    if conn.execute(sa.select(members.c.member_id).where(members.c.member_id == member_id)).first() is None:
+        raise MemberNotFound(f"member {member_id!r} is not enrolled")
+    pl = point_lots.c
+    lots = conn.execute(
+        sa.select(pl.expires_at, pl.remaining).where(pl.member_id == member_id, pl.remaining > 0, pl.expires_at > now)
+    )
+    months: dict[str, int] = defaultdict(int)
+    never = 0
+    for lot in lots:
+        if lot.expires_at >= ledger.NEVER:
+            never += int(lot.remaining)
+        else:
+            months[calendar.local_date(lot.expires_at, zone).strftime("%Y-%m")] += int(lot.remaining)
+    return {
+        "member_id": member_id,
+        "months": [{"month": month, "points": points} for month, points in sorted(months.items())],
+        "never_expire": never,
     }
 
 
