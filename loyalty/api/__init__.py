@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from loyalty.api import (  # noqa: F401  (registers the views)
     catalogue,
     events,
+    finance,
     jobs,
     members,
     partners,

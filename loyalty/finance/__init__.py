@@ -1,0 +1,1 @@
+"""Finance: what the outstanding points are worth, how they moved, and the revenue they earn."""
