@@ -368,6 +368,73 @@ def catalogue_demo_codes(benefit: str, count: int, if_empty: bool) -> None:
     click.echo(f"{benefit}: added {result['added']} demo codes; stock {result['stock']}")
 
 
+@main.group("finance")
+def finance_group() -> None:
+    """Finance reports from the ledger (JSON, CSV or XLSX), as the finance API gives them."""
+
+
+def _report_out(report: dict[str, object], table: object, fmt: str, output: str | None, title: str) -> None:
+    import json
+
+    from loyalty.finance import export
+
+    if fmt == "json":
+        data = (json.dumps(report, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    else:
+        data = export.render(table(report), fmt, title=title)  # type: ignore[operator]
+    if output is None:
+        if fmt == "xlsx":
+            raise click.BadParameter("an XLSX workbook needs --output FILE", param_hint="--output")
+        sys.stdout.write(data.decode("utf-8"))
+    else:
+        Path(output).write_bytes(data)
+        click.echo(f"wrote {output}", err=True)
+
+
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["json", "csv", "xlsx"]), default="json", show_default=True)
+_OUTPUT = click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="write to FILE")
+
+
+@finance_group.command("trial-balance")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), required=True, help="local date YYYY-MM-DD")
+@_FORMAT
+@_OUTPUT
+def finance_trial_balance(as_of: dt.datetime, fmt: str, output: str | None) -> None:
+    """Every ledger account's balance at the end of local day AS_OF; they sum to zero."""
+    from loyalty import calendar
+    from loyalty.finance import export, reports
+
+    runtime = rt()
+    end = calendar.day_of(as_of.date(), runtime.programme.zone).end
+    with transaction(runtime.engine, readonly=True) as conn:
+        report = reports.trial_balance(conn, end=end)
+    _report_out(report, export.trial_balance_table, fmt, output, f"trial-balance-{as_of.date().isoformat()}")
+
+
+@finance_group.command("rollforward")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), required=True, help="first local date")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), required=True, help="last local date")
+@_FORMAT
+@_OUTPUT
+def finance_rollforward(start: dt.datetime, end: dt.datetime, fmt: str, output: str | None) -> None:
+    """The roll-forward of outstanding points from local day FROM to the end of TO, tied to the members."""
+    from loyalty import calendar
+    from loyalty.finance import export, reports
+
+    if end < start:
+        raise click.BadParameter("must not be before --from", param_hint="--to")
+    runtime = rt()
+    zone = runtime.programme.zone
+    with transaction(runtime.engine, readonly=True) as conn:
+        report = reports.rollforward(
+            conn, start=calendar.start_of(start.date(), zone), end=calendar.day_of(end.date(), zone).end
+        )
+    title = f"rollforward-{start.date().isoformat()}-{end.date().isoformat()}"
+    _report_out(report, export.rollforward_table, fmt, output, title)
+    if not report["tie_out"]["tied"]:  # type: ignore[index]
+        sys.exit(1)
+
+
 @main.command("sandbox-partner")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(

@@ -53,6 +53,8 @@ def check_response(method: str, path: str, status: int, content_type: str, body:
     mimetype = content_type.split(";")[0].strip()
     if mimetype not in content:
         raise AssertionError(f"{method} {path} {status} answered {mimetype}; openapi.yaml says {list(content)}")
+    if not mimetype.endswith("json"):  # a CSV or XLSX report: the media type is the contract
+        return
     schema = dict(content[mimetype]["schema"])
     schema["components"] = spec()["components"]
     try:

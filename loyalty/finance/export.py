@@ -1,0 +1,70 @@
+"""Reports as tables: the same figures as the JSON, for CSV and XLSX."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+FORMATS = ("json", "csv", "xlsx")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "csv": "text/csv",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+
+Table = tuple[Sequence[str], list[Sequence[Any]]]
+
+
+def trial_balance_table(report: dict[str, Any]) -> Table:
+    rows: list[Sequence[Any]] = [(a["account"], a["kind"], a["balance"]) for a in report["accounts"]]
+    rows.append(("total", "", report["total"]))
+    return ("account", "kind", "balance"), rows
+
+
+def rollforward_table(report: dict[str, Any]) -> Table:
+    rows: list[Sequence[Any]] = [("opening", "", report["opening"])]
+    rows.append(("earned", "", report["earned"]["total"]))
+    rows += [("earned by funding source", k, v) for k, v in report["earned"]["by_funding_source"].items()]
+    rows += [("earned by rule", k, v) for k, v in report["earned"]["by_rule"].items()]
+    rows.append(("redeemed", "", report["redeemed"]["total"]))
+    rows += [("redeemed by account", k, v) for k, v in report["redeemed"]["by_account"].items()]
+    rows += [("expired", "", report["expired"]), ("reversed", "", report["reversed"])]
+    rows += [("adjusted", "", report["adjusted"]), ("closing", "", report["closing"])]
+    tie = report["tie_out"]
+    rows += [
+        ("closing from postings", "", tie["closing_from_postings"]),
+        ("sum of member balances", "", tie["sum_of_member_balances"]),
+    ]
+    rows += [("difference", d.get("member_id") or d.get("what", ""), _difference(d)) for d in tie["differences"]]
+    return ("line", "detail", "points"), rows
+
+
+def _difference(d: dict[str, Any]) -> int:
+    if "member_id" in d:
+        return int(d["balance"]) - int(d["postings"])
+    return int(d["found"]) - int(d["expected"])
+
+
+def render(table: Table, fmt: str, *, title: str) -> bytes:
+    """The table as CSV (UTF-8) or as an XLSX workbook of one sheet."""
+    header, rows = table
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return out.getvalue().encode("utf-8")
+    if fmt == "xlsx":
+        import xlsxwriter  # type: ignore[import-untyped]
+
+        buffer = io.BytesIO()
+        book = xlsxwriter.Workbook(buffer, {"in_memory": True})
+        sheet = book.add_worksheet(title[:31])
+        sheet.write_row(0, 0, header)
+        for i, row in enumerate(rows, start=1):
+            sheet.write_row(i, 0, row)
+        book.close()
+        return buffer.getvalue()
+    raise ValueError(f"unknown format {fmt!r}")
