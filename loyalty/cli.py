@@ -435,6 +435,42 @@ def finance_rollforward(start: dt.datetime, end: dt.datetime, fmt: str, output: 
         sys.exit(1)
 
 
+@finance_group.command("liability")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), required=True, help="local date YYYY-MM-DD")
+@_FORMAT
+@_OUTPUT
+def finance_liability(as_of: dt.datetime, fmt: str, output: str | None) -> None:
+    """Outstanding points at the end of local day AS_OF, by funding source and tier, valued."""
+    from loyalty.finance import export, liability
+
+    runtime = rt()
+    with transaction(runtime.engine, readonly=True) as conn:
+        report = liability.liability(
+            conn,
+            as_of=as_of.date(),
+            zone=runtime.programme.zone,
+            default_point_value=runtime.settings.point_value_fen,
+        )
+    _report_out(report, export.liability_table, fmt, output, f"liability-{as_of.date().isoformat()}")
+
+
+@finance_group.command("breakage")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), help="local date YYYY-MM-DD (default: now)")
+@_FORMAT
+@_OUTPUT
+def finance_breakage(as_of: dt.datetime | None, fmt: str, output: str | None) -> None:
+    """Cohorts by month of earning, their redemption curves, and the estimated redemption rate."""
+    from loyalty import calendar
+    from loyalty.finance import breakage, export
+
+    runtime = rt()
+    zone = runtime.programme.zone
+    end = calendar.day_of(as_of.date(), zone).end if as_of is not None else runtime.now()
+    with transaction(runtime.engine, readonly=True) as conn:
+        report = breakage.cohorts(conn, end=end, zone=zone)
+    _report_out(report, export.breakage_table, fmt, output, "breakage")
+
+
 @main.command("sandbox-partner")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(

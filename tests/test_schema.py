@@ -39,6 +39,7 @@ NOT_MEMBER_SCOPED = {
     "benefits": "the benefit catalogue: a reference table",
     "benefit_versions": "the catalogue's history",
     "voucher_codes": "a benefit's code pool, keyed by benefit; a code names its member once issued",
+    "valuation_settings": "reference table: finance's valuation inputs",
 }
 
 

@@ -1,4 +1,4 @@
-"""Finance: the trial balance, the roll-forward, revenue recognition and its what-if."""
+"""Finance: valuation settings, the liability, breakage, the trial balance, the roll-forward, revenue recognition."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from dataclasses import asdict
 from typing import Any
 
 from flask import Response, request
+from sqlalchemy.engine import Connection
 
 from loyalty import calendar
-from loyalty.api.base import bp, json_body, json_response, requires, runtime
+from loyalty.api.base import bp, execute, json_body, json_response, requires, runtime
+from loyalty.api.programmes import actor
 from loyalty.db import transaction
 from loyalty.errors import ValidationError
-from loyalty.finance import export, recognition, reports
-from loyalty.finance.schemas import WHAT_IF_SCHEMA
+from loyalty.finance import breakage, export, liability, recognition, reports, settings
+from loyalty.finance.schemas import SETTING_SCHEMA, WHAT_IF_SCHEMA
+from loyalty.idempotency import Result
 from loyalty.validation import load
 
 
@@ -80,3 +83,51 @@ def get_rollforward() -> Response:
     with transaction(rt.engine, readonly=True) as conn:
         report = reports.rollforward(conn, start=calendar.start_of(start, zone), end=calendar.day_of(end, zone).end)
     return report_response(report, export.rollforward_table, f"rollforward-{start.isoformat()}-{end.isoformat()}")
+
+
+@bp.post("/finance/settings")
+@requires("finance")
+def post_setting() -> Response:
+    """Set a valuation (point value, redemption rate, allocated value) from a local date; audited."""
+    body = json_body()
+    data = load(SETTING_SCHEMA, body)
+    value = settings.parse_value(data["kind"], data["value"])
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        created, setting = settings.set_value(conn, **{**data, "value": value}, actor=actor(), now=now)
+        return Result(setting, created=created)
+
+    return execute(operation, body)
+
+
+@bp.get("/finance/settings")
+@requires("finance")
+def get_settings() -> Response:
+    rt = runtime()
+    with transaction(rt.engine, readonly=True) as conn:
+        return json_response({"settings": settings.all_settings(conn)})
+
+
+@bp.get("/finance/liability")
+@requires("finance")
+def get_liability() -> Response:
+    """Outstanding points at the end of a local day by funding source and tier, valued, with the inputs."""
+    as_of = local_date_arg("as_of")
+    rt = runtime()
+    with transaction(rt.engine, readonly=True) as conn:
+        report = liability.liability(
+            conn, as_of=as_of, zone=rt.programme.zone, default_point_value=rt.settings.point_value_fen
+        )
+    return report_response(report, export.liability_table, f"liability-{as_of.isoformat()}")
+
+
+@bp.get("/finance/breakage")
+@requires("finance")
+def get_breakage() -> Response:
+    """Cohorts by local month of earning, their redemption curves, and the estimated redemption rate."""
+    rt = runtime()
+    zone = rt.programme.zone
+    end = calendar.day_of(local_date_arg("as_of"), zone).end if "as_of" in request.args else rt.now()
+    with transaction(rt.engine, readonly=True) as conn:
+        report = breakage.cohorts(conn, end=end, zone=zone)
+    return report_response(report, export.breakage_table, "breakage")

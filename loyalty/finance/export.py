@@ -41,6 +41,57 @@ def rollforward_table(report: dict[str, Any]) -> Table:
     return ("line", "detail", "points"), rows
 
 
+def liability_table(report: dict[str, Any]) -> Table:
+    header = ("tier", "funding_source", "points", "point_value_fen", "redemption_rate", "liability_fen")
+    inputs = {s["funding_source"]: s for s in report["by_funding_source"]}
+    rows: list[Sequence[Any]] = [
+        (
+            c["tier"],
+            c["funding_source"],
+            c["points"],
+            inputs[c["funding_source"]]["point_value_fen"],
+            inputs[c["funding_source"]]["redemption_rate"],
+            c["liability_fen"],
+        )
+        for c in report["cells"]
+    ]
+    rows.append(("total", "", report["total"]["points"], "", "", report["total"]["liability_fen"]))
+    rows.append(("unfunded debt", "", report["unfunded_debt_points"], "", "", ""))
+    return header, rows
+
+
+def breakage_table(report: dict[str, Any]) -> Table:
+    header = (
+        "cohort",
+        "issued",
+        "redeemed",
+        "expired",
+        "reversed",
+        "adjusted",
+        "outstanding",
+        "age_months",
+        "expected_ultimate_redeemed",
+        "cumulative_redeemed_by_age",
+    )
+    rows: list[Sequence[Any]] = [
+        (
+            c["cohort"],
+            c["issued"],
+            c["redeemed"],
+            c["expired"],
+            c["reversed"],
+            c["adjusted"],
+            c["outstanding"],
+            c["age_months"],
+            c["expected_ultimate_redeemed"],
+            " ".join(str(n) for n in c["cumulative_redeemed_by_age"]),
+        )
+        for c in report["cohorts"]
+    ]
+    rows.append(("estimated ultimate redemption rate", report["estimate"]["ultimate_redemption_rate"] or ""))
+    return header, rows
+
+
 def _difference(d: dict[str, Any]) -> int:
     if "member_id" in d:
         return int(d["balance"]) - int(d["postings"])

@@ -6,8 +6,9 @@ from typing import Any
 
 from marshmallow import fields, post_load, validate
 
+from loyalty.finance.models import SETTING_KINDS
 from loyalty.finance.recognition import PeriodFigures
-from loyalty.validation import Base, StrictInteger, StrictString
+from loyalty.validation import Base, StrictDate, StrictInteger, StrictString
 
 #: Largest amount of money or points a finance figure may hold (10^15 fen = 10 trillion CNY).
 MAX_FIGURE = 10**15
@@ -29,3 +30,17 @@ class WhatIfSchema(Base):
 
 
 WHAT_IF_SCHEMA = WhatIfSchema()
+
+
+class SettingSchema(Base):
+    kind = StrictString(required=True, validate=validate.OneOf(SETTING_KINDS))
+    funding_source = StrictString(
+        required=True,
+        validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,63}$", error="must be a funding source as rules name it"),
+    )
+    effective_from = StrictDate(required=True)
+    #: checked by :func:`loyalty.finance.settings.parse_value`, which knows the kind's range
+    value = fields.Raw(required=True)
+
+
+SETTING_SCHEMA = SettingSchema()

@@ -1,0 +1,28 @@
+"""Finance tables: the valuation settings, versioned by effective date."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from loyalty.db import UTCDateTime, metadata
+
+#: What a valuation setting values, per funding source:
+#: ``point_value`` what one outstanding point is worth, in fen; ``redemption_rate`` the share of
+#: outstanding points expected to be redeemed (0 to 1); ``allocated_value`` the value allocated to
+#: one point when it is issued, in fen (revenue recognition).
+SETTING_KINDS = ("point_value", "redemption_rate", "allocated_value")
+
+valuation_settings = sa.Table(
+    "valuation_settings",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    #: ``bank``, or a partner's funding source, as the earning rules name them
+    sa.Column("funding_source", sa.String(64), primary_key=True),
+    #: the local date from which it applies, until the next one of the same kind and source
+    sa.Column("effective_from", sa.Date, primary_key=True),
+    #: a decimal written as text (exact on both databases), e.g. ``0.8`` or ``1.25``
+    sa.Column("value", sa.String(32), nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(sa.column("kind").in_(SETTING_KINDS), name="kind"),
+)
