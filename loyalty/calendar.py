@@ -10,6 +10,7 @@ alike. Nothing else in the engine does calendar arithmetic.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import NamedTuple
 
 
@@ -76,6 +77,25 @@ def period(name: str, moment: dt.datetime, zone: dt.tzinfo) -> Period:
     if name not in PERIODS:
         raise ValueError(f"unknown period {name!r}; periods: {', '.join(PERIODS)}")
     return _PERIODS[name](moment, zone)
+
+
+def labelled(label: str, zone: dt.tzinfo) -> Period:
+    """The local month ``YYYY-MM``, quarter ``YYYY-Qn`` or year ``YYYY`` a label names.
+    Raises ``ValueError`` for anything else."""
+    match = re.fullmatch(r"([0-9]{4})(?:-(?:([0-9]{2})|Q([1-4])))?", label)
+    if match is None:
+        raise ValueError(f"{label!r} is not a month YYYY-MM, a quarter YYYY-Qn or a year YYYY")
+    year_, month_, quarter_ = match.groups()
+    if month_ is not None:
+        if not 1 <= int(month_) <= 12:
+            raise ValueError(f"{label!r} has no month {month_}")
+        first = dt.date(int(year_), int(month_), 1)
+        return Period(start_of(first, zone), start_of(_shift_date(first, 1), zone))
+    if quarter_ is not None:
+        first = dt.date(int(year_), 3 * (int(quarter_) - 1) + 1, 1)
+        return Period(start_of(first, zone), start_of(_shift_date(first, 3), zone))
+    first = dt.date(int(year_), 1, 1)
+    return Period(start_of(first, zone), start_of(first.replace(year=first.year + 1), zone))
 
 
 def quarter_label(moment: dt.datetime, zone: dt.tzinfo) -> str:

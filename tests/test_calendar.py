@@ -113,6 +113,25 @@ def test_period_names_the_same_bounds_and_refuses_an_unknown_period():
         calendar.period("fortnight", moment, SHANGHAI)
 
 
+@pytest.mark.parametrize(
+    ("label", "bounds"),
+    [
+        ("2026-02", (local(2026, 2, 1), local(2026, 3, 1))),
+        ("2026-12", (local(2026, 12, 1), local(2027, 1, 1))),
+        ("2026-Q4", (local(2026, 10, 1), local(2027, 1, 1))),
+        ("2027", (local(2027, 1, 1), local(2028, 1, 1))),
+    ],
+)
+def test_a_period_label_names_a_local_month_quarter_or_year(label, bounds):
+    assert calendar.labelled(label, SHANGHAI) == bounds
+
+
+@pytest.mark.parametrize("label", ["2026-13", "2026-Q5", "26-01", "2026-1", "2026Q1", ""])
+def test_a_label_that_names_no_period_is_refused(label):
+    with pytest.raises(ValueError):
+        calendar.labelled(label, SHANGHAI)
+
+
 # ---- adding months --------------------------------------------------------------------------------------------
 
 

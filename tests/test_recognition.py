@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from loyalty.errors import ValidationError
@@ -129,3 +131,54 @@ def test_the_what_if_needs_the_finance_scope(app, runtime):
         headers={"Authorization": f"Bearer {key}"},
     )
     assert r.status_code == 403
+
+
+# ---- the report over the ledger's cohorts ---------------------------------------------------------------------
+
+
+def test_the_report_defers_what_older_cohorts_say_will_still_be_redeemed(client, runtime, clock):
+    from tests.test_ledger import Books
+
+    books = Books(runtime)
+    client.post(
+        "/v1/finance/settings",
+        json={"kind": "allocated_value", "funding_source": "bank", "effective_from": "2026-01-01", "value": "1"},
+    )
+    clock.now = dt.datetime(2026, 5, 15, 10, tzinfo=dt.UTC)
+    books.enrol("m1")  # May cohort: 500 points, 500 fen allocated
+    books.hold("r1", 100, member_id="m1")
+    books.capture("r1", member_id="m1")  # May cohort redeems 100 at age 0
+    clock.now = dt.datetime(2026, 6, 15, 10, tzinfo=dt.UTC)
+    books.hold("r2", 200, member_id="m1")
+    books.capture("r2", member_id="m1")  # ... and 200 more at age 1: development factor 300 / 100 = 3
+    books.enrol("m2")  # June cohort: 500 points
+    books.hold("r3", 100, member_id="m2")
+    books.capture("r3", member_id="m2")  # June cohort redeems 100 at age 0: expected ultimate 300
+
+    may = client.get("/v1/finance/recognition?period=2026-05").get_json()
+    assert [(c["cohort"], c["to_date_fen"], c["in_period_fen"]) for c in may["cohorts"]] == [("2026-05", 500, 500)]
+    june = client.get("/v1/finance/recognition?period=2026-06").get_json()
+    assert [
+        (
+            c["cohort"],
+            c["allocated_fen"],
+            c["cumulative_redeemed"],
+            c["expected_total"],
+            c["to_date_fen"],
+            c["in_period_fen"],
+            c["deferred_fen"],
+        )
+        for c in june["cohorts"]
+    ] == [
+        ("2026-05", 500, 300, 300, 500, 0, 0),
+        ("2026-06", 500, 100, 300, 167, 167, 333),  # 500 x 100 / 300 = 166.67, half up
+    ]
+    assert june["total"] == {"allocated_fen": 1_000, "to_date_fen": 667, "in_period_fen": 167, "deferred_fen": 333}
+    q2 = client.get("/v1/finance/recognition?period=2026-Q2").get_json()
+    assert q2["total"]["in_period_fen"] == 667  # nothing was recognised before April
+
+
+@pytest.mark.parametrize("period", ["", "2026-13", "2026-Q5", "June"])
+def test_a_period_that_is_not_a_month_quarter_or_year_is_refused(client, period):
+    r = client.get(f"/v1/finance/recognition?period={period}")
+    assert r.status_code == 422 and r.get_json()["field"] == "period"

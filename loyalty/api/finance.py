@@ -131,3 +131,14 @@ def get_breakage() -> Response:
     with transaction(rt.engine, readonly=True) as conn:
         report = breakage.cohorts(conn, end=end, zone=zone)
     return report_response(report, export.breakage_table, "breakage")
+
+
+@bp.get("/finance/recognition")
+@requires("finance")
+def get_recognition() -> Response:
+    """Revenue recognised per earning cohort for a local month, quarter or year."""
+    label = request.args.get("period", "")
+    rt = runtime()
+    with transaction(rt.engine, readonly=True) as conn:
+        report = recognition.report(conn, label=label, zone=rt.programme.zone)
+    return report_response(report, export.recognition_table, f"recognition-{label}")

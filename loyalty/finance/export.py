@@ -92,6 +92,22 @@ def breakage_table(report: dict[str, Any]) -> Table:
     return header, rows
 
 
+def recognition_table(report: dict[str, Any]) -> Table:
+    keys = (
+        "cohort",
+        "allocated_fen",
+        "cumulative_redeemed",
+        "expected_total",
+        "to_date_fen",
+        "in_period_fen",
+        "deferred_fen",
+    )
+    rows: list[Sequence[Any]] = [tuple(c[k] for k in keys) for c in report["cohorts"]]
+    t = report["total"]
+    rows.append(("total", t["allocated_fen"], "", "", t["to_date_fen"], t["in_period_fen"], t["deferred_fen"]))
+    return keys, rows
+
+
 def _difference(d: dict[str, Any]) -> int:
     if "member_id" in d:
         return int(d["balance"]) - int(d["postings"])
