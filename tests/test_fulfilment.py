@@ -46,6 +46,10 @@ from tests.sandbox import (
     redemption,
 )
 
+#: The job calls partners from threads, and the sandbox calls back into a live server: what a
+#: test writes is committed where they can see it.
+pytestmark = pytest.mark.committed
+
 #: the engine's HTTP timeout for partners in these tests, in seconds
 TIMEOUT = 2
 #: how late the sandbox answers a "timeout then succeed" order: well past TIMEOUT

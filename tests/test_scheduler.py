@@ -134,6 +134,7 @@ def assert_no_overlap(rows: list[Any], *, killed_at: dt.datetime | None = None) 
         assert end <= after.started_at, f"runs {before.id} ({before.runner}) and {after.id} ({after.runner}) overlap"
 
 
+@pytest.mark.committed
 def test_one_scheduler_leads_and_a_standby_takes_over_when_it_is_killed(schedulers, engine):
     first, second = schedulers.start(), schedulers.start()
     wait_for("three probe runs", lambda: len([r for r in runs(engine) if r.status == "succeeded"]) >= 3)
@@ -184,6 +185,7 @@ def steal_the_lock(engine: sa.Engine, database_url: str, backend: str) -> Leader
     return thief
 
 
+@pytest.mark.committed
 def test_a_leader_that_loses_its_lock_stops_its_jobs_until_it_leads_again(schedulers, engine, database_url, backend):
     scheduler = schedulers.start()
     wait_for("the scheduler to run the probe", finished_runs(engine, 1, scheduler))
@@ -202,8 +204,8 @@ def test_a_leader_that_loses_its_lock_stops_its_jobs_until_it_leads_again(schedu
     assert_no_overlap(runs(engine))
 
 
-def test_an_interval_for_an_unknown_job_stops_the_scheduler_at_once(database_url):
-    env = environment(database_url, LOYALTY_JOB_INTERVALS="webhooks=1,nightly=5")
+def test_an_interval_for_an_unknown_job_stops_the_scheduler_at_once(unopened_url):
+    env = environment(unopened_url, LOYALTY_JOB_INTERVALS="webhooks=1,nightly=5")
     result = subprocess.run([LOYALTY, "scheduler"], env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 1
     assert "LOYALTY_JOB_INTERVALS names unknown jobs nightly" in result.stderr
