@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from loyalty.auth.service import hash_key
+from loyalty.ledger.models import SYSTEM_ACCOUNTS
 
 LOYALTY = str(Path(sys.executable).with_name("loyalty"))
 
@@ -26,9 +27,12 @@ def test_db_upgrade_creates_the_schema_on_a_new_sqlite_file(tmp_path):
     assert result.returncode == 0, result.stderr
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar_one() >= 5
+        codes = conn.execute(sa.text("SELECT code FROM accounts ORDER BY code")).scalars().all()
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+    # The chart of accounts starts with exactly the system accounts.
+    assert len(codes) == 6
+    assert codes == sorted(a["code"] for a in SYSTEM_ACCOUNTS)
     assert loyalty(url, "db", "upgrade").returncode == 0  # idempotent
 
 
