@@ -526,7 +526,7 @@ def test_voucher_codes_are_shown_to_the_redeemer_and_stored_only_sealed(client, 
     assert r.status_code == 201
     body = r.get_json()
     shown = body["voucher_codes"]
-    assert len(shown) == 2 and set(shown) < {"COFFEE-0001", "COFFEE-0002", "COFFEE-0003"}
+    assert shown == ["COFFEE-0001", "COFFEE-0002"]  # in upload order
     assert (body["status"], body["points"]) == ("fulfilled", 100)
     assert stock(runtime, "coffee") == 1
     assert client.get("/v1/redemptions/r1").get_json()["voucher_codes"] == shown
@@ -556,8 +556,25 @@ def test_codes_go_to_one_redemption_each_until_the_pool_is_empty(client, runtime
     add_benefit(runtime, "coffee", fulfilment="pool", points_price=10)
     add_codes(runtime, "coffee", "A", "B", "C")
     got = [redeem(client, f"r{i}", member_id=f"m{1 + i % 2}", benefit_code="coffee").get_json() for i in range(3)]
-    assert sorted(c for body in got for c in body["voucher_codes"]) == ["A", "B", "C"]
+    assert [body["voucher_codes"] for body in got] == [["A"], ["B"], ["C"]]
     refused(redeem(client, "r3", benefit_code="coffee"), "out_of_stock")
+
+
+def test_codes_are_issued_in_upload_order_across_uploads_at_the_same_moment(client, runtime, clock):
+    """Neither the codes themselves nor the upload time order them: two uploads at one moment
+    (the clock stands still) are issued first upload first, each in its file's order; a code a
+    cancellation gives back is issued again before later ones."""
+    enrol(client)
+    add_benefit(runtime, "coffee", fulfilment="pool", points_price=10, cancel_hours=24)
+    add_codes(runtime, "coffee", "Z-9", "M-5", "A-1")
+    add_codes(runtime, "coffee", "Y-8", "B-2")
+    first = redeem(client, "r1", benefit_code="coffee", quantity=2).get_json()
+    assert first["voucher_codes"] == ["Z-9", "M-5"]
+    assert client.post("/v1/redemptions/r1/cancel").status_code == 200
+    issued = [redeem(client, f"r{i}", benefit_code="coffee").get_json()["voucher_codes"] for i in range(2, 7)]
+    assert issued == [["Z-9"], ["M-5"], ["A-1"], ["Y-8"], ["B-2"]]
+    vc = voucher_codes.c
+    assert rows(runtime, sa.select(vc.position).order_by(vc.position)) == [(1,), (2,), (3,), (4,), (5,)]
 
 
 # ---- cancellation and settlement ------------------------------------------------------------------------------
@@ -592,11 +609,8 @@ def test_cancelling_returns_points_to_the_exact_lots_codes_to_the_pool_and_stock
         ("available", None, None),
     ]
     assert client.get("/v1/redemptions/r1").get_json()["voucher_codes"] == []
-    # The returned codes go to the next redeemer.
-    assert sorted(redeem(client, "r2", benefit_code="coffee", quantity=2).get_json()["voucher_codes"]) == [
-        "CODE-1",
-        "CODE-2",
-    ]
+    # The returned codes go to the next redeemer, still in upload order.
+    assert redeem(client, "r2", benefit_code="coffee", quantity=2).get_json()["voucher_codes"] == ["CODE-1", "CODE-2"]
     kinds = rows(runtime, sa.select(events.c.type).where(events.c.type.like("redemption.%")).order_by(events.c.id))
     assert kinds == [("redemption.fulfilled",), ("redemption.cancelled",), ("redemption.fulfilled",)]
 
