@@ -1,9 +1,13 @@
-"""Fixtures: every test runs against SQLite and against a real PostgreSQL.
+"""Fixtures: every test of the database runs against SQLite and against a real PostgreSQL.
 
 PostgreSQL comes from LOYALTY_TEST_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/test). The suite makes its own database
-there, migrates it once, and empties it between tests. If PostgreSQL cannot
-be reached the run fails; it never skips.
+there and migrates it once. Each test runs in a transaction that is rolled
+back at its end (:mod:`tests.rollback`), except tests marked ``committed``:
+their data must be seen by other connections, threads or processes, so they
+commit to the database, which is emptied before them. SQLite tests each get
+a copy of a migrated database file. If PostgreSQL cannot be reached the run
+fails; it never skips.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +35,7 @@ from loyalty.migrate import upgrade
 from loyalty.programmes.service import ProgrammeStore, installed
 from loyalty.runtime import Runtime
 from tests.contract import ContractClient
+from tests.rollback import RolledBack
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 #: Tables emptied between tests (the chart of accounts is kept).
@@ -53,8 +59,56 @@ class Clock:
         return self.now
 
 
+class Postgres:
+    """The suite's PostgreSQL database: migrated, with the default programme installed.
+
+    Tests marked ``committed`` get its URL (:meth:`committed`) and may write to
+    it for real; the next test that uses the database empties it first. Other
+    tests get an engine whose every change is rolled back (:meth:`rolled_back`).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: the URL tests rolled back are given: a database that does not exist
+        self.elsewhere = make_url(url).set(database=f"{make_url(url).database}_mark_committed").render_as_string(
+            hide_password=False
+        )
+        self.cleaner = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        self.empty()
+        self.rollback = RolledBack(url)
+        self.rollback.remember_sequences()
+        #: whether a committed test may have left data behind
+        self.dirty = False
+
+    def empty(self) -> None:
+        """Back to a migrated database with the default programme: identities restart."""
+        with self.cleaner.begin() as conn:
+            conn.exec_driver_sql(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+            keep = ", ".join(f"'{a['code']}'" for a in SYSTEM_ACCOUNTS)
+            conn.exec_driver_sql(f"DELETE FROM accounts WHERE code NOT IN ({keep})")
+        installed(self.cleaner, START)
+
+    def committed(self) -> str:
+        if self.dirty:
+            self.empty()
+        self.dirty = True
+        return self.url
+
+    @contextmanager
+    def rolled_back(self) -> Iterator[sa.Engine]:
+        if self.dirty:
+            self.empty()
+            self.dirty = False
+        with self.rollback.transaction() as engine:
+            yield engine
+
+    def close(self) -> None:
+        self.rollback.close()
+        self.cleaner.dispose()
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres() -> Iterator[Postgres]:
     admin_url = os.environ.get("LOYALTY_TEST_POSTGRES_URL", DEFAULT_PG)
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     name = f"loyalty_test_{uuid.uuid4().hex[:8]}"
@@ -72,7 +126,9 @@ def postgres_url() -> Iterator[str]:
     engine = make_engine(url, pool_size=2)
     upgrade(engine)
     engine.dispose()
-    yield url
+    database = Postgres(url)
+    yield database
+    database.close()
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
@@ -108,22 +164,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def committed(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("committed") is not None
+
+
 @pytest.fixture
 def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of the test's database, for connections of the test's own, other threads and
+    processes. On PostgreSQL only a test marked ``committed`` may have it: they would not see
+    what a test rolled back writes."""
     if backend == "sqlite":
         path = tmp_path / "loyalty.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
-    url = request.getfixturevalue("postgres_url")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
-        keep = ", ".join(f"'{a['code']}'" for a in SYSTEM_ACCOUNTS)
-        conn.exec_driver_sql(f"DELETE FROM accounts WHERE code NOT IN ({keep})")
-    installed(engine, START)
+    if not committed(request):
+        pytest.fail(
+            f"{request.node.nodeid} connects to PostgreSQL on its own (database_url): "
+            "mark it @pytest.mark.committed, or use the runtime's engine"
+        )
+    yield request.getfixturevalue("postgres").committed()
+
+
+@pytest.fixture
+def unopened_url(tmp_path: Path) -> Iterator[str]:
+    """A SQLite URL for a test that must never open its database (a command that refuses its
+    arguments first, routing alone): the test fails if the database file comes to exist."""
+    path = tmp_path / "never-opened.db"
+    yield f"sqlite:///{path}"
+    assert not path.exists(), "the database was opened"
+
+
+@pytest.fixture
+def bare_app(unopened_url: str, clock: Clock):  # type: ignore[no-untyped-def]
+    """The app on a database it must never open: for tests of routing alone."""
+    engine = make_engine(unopened_url)
+    settings = Settings(database_url=unopened_url, api_key_cache_seconds=0, secret_key=TEST_SECRET_KEY)
+    app = create_app(Runtime(settings=settings, engine=engine, programmes=ProgrammeStore(engine, clock), clock=clock))
+    app.config["TESTING"] = True
+    yield app
     engine.dispose()
-    yield url
 
 
 @pytest.fixture
@@ -132,12 +212,22 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, api_key_cache_seconds=0, secret_key=TEST_SECRET_KEY)
+def settings(backend: str, request: pytest.FixtureRequest) -> Settings:
+    if backend == "postgres" and not committed(request):
+        # What the test writes is seen only through the runtime's engine: a connection made from
+        # this URL fails (a database that does not exist) instead of seeing none of it.
+        url = request.getfixturevalue("postgres").elsewhere
+    else:
+        url = request.getfixturevalue("database_url")
+    return Settings(database_url=url, api_key_cache_seconds=0, secret_key=TEST_SECRET_KEY)
 
 
 @pytest.fixture
-def runtime(settings: Settings, clock: Clock) -> Iterator[Runtime]:
+def runtime(backend: str, settings: Settings, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    if backend == "postgres" and not committed(request):
+        with request.getfixturevalue("postgres").rolled_back() as engine:
+            yield Runtime(settings=settings, engine=engine, programmes=ProgrammeStore(engine, clock), clock=clock)
+        return
     engine = make_engine(settings.database_url)
     rt = Runtime(settings=settings, engine=engine, programmes=ProgrammeStore(engine, clock), clock=clock)
     yield rt

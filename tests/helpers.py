@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,6 +33,16 @@ def enrol(client: Any, member_id: str = "m1", **over: Any) -> Any:
     r = client.post("/v1/members", json={"member_id": member_id, **over})
     assert r.status_code in (200, 201), r.get_json()
     return r.get_json()
+
+
+def eventually(what: str, check: Callable[[], object], timeout: float = 30, every: float = 0.02) -> None:
+    """Wait until ``check()`` is true, asking every ``every`` seconds; fail naming ``what`` after
+    ``timeout`` seconds (generous: on a loaded machine other processes are slow to get there)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 def base_programme() -> Programme:

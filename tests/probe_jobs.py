@@ -2,11 +2,14 @@
 
 ``python -m tests.probe_jobs ARGS...`` is ``loyalty ARGS...`` with :data:`PROBES`
 added to ``JOBS``, so that tests run the real scheduler and ``jobs run`` in
-their own processes on jobs whose behaviour they know.
+their own processes on jobs whose behaviour they know. With
+``PROBE_INTERVAL_SECONDS`` set, the ``probe`` job runs that often instead of
+daily (a fraction of a second is allowed, unlike ``LOYALTY_JOB_INTERVALS``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import time
@@ -54,4 +57,7 @@ if __name__ == "__main__":
     from loyalty.jobs import JOBS
 
     JOBS.update(PROBES)
+    if os.environ.get("PROBE_INTERVAL_SECONDS"):
+        every = float(os.environ["PROBE_INTERVAL_SECONDS"])
+        JOBS["probe"] = dataclasses.replace(JOBS["probe"], schedule={"trigger": "interval", "seconds": every})
     main(prog_name="loyalty")

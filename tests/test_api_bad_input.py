@@ -185,8 +185,8 @@ def test_revoked_key_is_refused(client, runtime, engine):
     assert client.get("/v1/members/m1", key=key).status_code == 401
 
 
-def test_unknown_route_is_a_problem(app):
-    r = app.test_client().get("/v1/nothing-here")
+def test_unknown_route_is_a_problem(bare_app):
+    r = bare_app.test_client().get("/v1/nothing-here")
     assert r.status_code == 404
     assert r.content_type == "application/problem+json"
 

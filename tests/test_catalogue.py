@@ -546,6 +546,7 @@ def test_without_a_secret_key_codes_are_refused_saying_how_to_fix_it(runtime, se
 # --- the default catalogue -----------------------------------------------------------------------
 
 
+@pytest.mark.committed
 def test_install_default_creates_the_shipped_catalogue_once_and_leaves_changes_alone(database_url, engine, client):
     first = loyalty(database_url, "catalogue", "install-default")
     assert first.returncode == 0, first.stderr
@@ -576,6 +577,7 @@ def test_install_default_creates_the_shipped_catalogue_once_and_leaves_changes_a
     assert pools.stdout.split() == sorted(b["code"] for b in default_catalogue() if b["fulfilment"] == "pool")
 
 
+@pytest.mark.committed
 def test_demo_codes_fill_a_pool_without_printing_a_code(database_url, engine, client):
     assert loyalty(database_url, "catalogue", "install-default").returncode == 0
     made = loyalty(database_url, "catalogue", "demo-codes", "starter-gift-pack", "25")

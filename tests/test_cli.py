@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from loyalty.auth.service import hash_key
+from loyalty.ledger.models import SYSTEM_ACCOUNTS
 
 LOYALTY = str(Path(sys.executable).with_name("loyalty"))
 
@@ -25,12 +27,16 @@ def test_db_upgrade_creates_the_schema_on_a_new_sqlite_file(tmp_path):
     assert result.returncode == 0, result.stderr
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar_one() >= 5
+        codes = conn.execute(sa.text("SELECT code FROM accounts ORDER BY code")).scalars().all()
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+    # The chart of accounts starts with exactly the system accounts.
+    assert len(codes) == 6
+    assert codes == sorted(a["code"] for a in SYSTEM_ACCOUNTS)
     assert loyalty(url, "db", "upgrade").returncode == 0  # idempotent
 
 
+@pytest.mark.committed
 def test_api_keys_create_prints_the_key_last_and_stores_only_its_hash(database_url, engine):
     result = loyalty(database_url, "api-keys", "create", "--name", "mobile-app", "--scopes", "accrue,read")
     assert result.returncode == 0, result.stderr
@@ -43,12 +49,13 @@ def test_api_keys_create_prints_the_key_last_and_stores_only_its_hash(database_u
     assert key not in dump
 
 
-def test_api_keys_create_refuses_unknown_scopes(database_url):
-    result = loyalty(database_url, "api-keys", "create", "--name", "x", "--scopes", "accrue,root")
+def test_api_keys_create_refuses_unknown_scopes(unopened_url):
+    result = loyalty(unopened_url, "api-keys", "create", "--name", "x", "--scopes", "accrue,root")
     assert result.returncode == 2
     assert "root" in result.stderr
 
 
+@pytest.mark.committed
 def test_demo_key_is_created_once_and_then_reused(database_url, tmp_path):
     first = loyalty(database_url, "api-keys", "demo", "--file", str(tmp_path / "key"))
     second = loyalty(database_url, "api-keys", "demo", "--file", str(tmp_path / "key"))
@@ -56,6 +63,7 @@ def test_demo_key_is_created_once_and_then_reused(database_url, tmp_path):
     assert first.stdout.strip() == second.stdout.strip() == (tmp_path / "key").read_text().strip()
 
 
+@pytest.mark.committed
 def test_verify_reports_a_clean_ledger(database_url, client):
     client.post("/v1/members", json={"member_id": "m1"})
     result = loyalty(database_url, "verify")
@@ -72,25 +80,26 @@ def test_rules_install_default_is_idempotent(tmp_path):
     assert second.returncode == 0 and "nothing to do" in second.stdout
 
 
-def test_rules_validate_names_the_bad_field(database_url, tmp_path):
+def test_rules_validate_names_the_bad_field(unopened_url, tmp_path):
     import json
 
     from rules import default_document
 
     good = tmp_path / "good.json"
     good.write_text(json.dumps(default_document()))
-    assert loyalty(database_url, "rules", "validate", str(good)).returncode == 0
+    assert loyalty(unopened_url, "rules", "validate", str(good)).returncode == 0
     doc = default_document()
     doc["rules"][0]["conditions"]["all"][0]["var"] = "colour"
     bad = tmp_path / "bad.yaml"
     import yaml
 
     bad.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    result = loyalty(database_url, "rules", "validate", str(bad))
+    result = loyalty(unopened_url, "rules", "validate", str(bad))
     assert result.returncode == 1
     assert "$.rules[0].conditions.all[0].var" in result.stderr
 
 
+@pytest.mark.committed
 def test_rules_backtest_prints_the_report(database_url, client, tmp_path):
     import json
 

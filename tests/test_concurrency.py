@@ -31,7 +31,8 @@ from loyalty.runtime import Runtime
 from tests.conftest import Clock, make_key
 from tests.helpers import txn
 
-pytestmark = pytest.mark.postgres_only
+#: Threads with connections of their own race each other: the data they race for is committed.
+pytestmark = [pytest.mark.postgres_only, pytest.mark.committed]
 
 WORKERS = 16
 REDEEMED = "redeemed:unspecified"

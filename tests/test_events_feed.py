@@ -1,4 +1,7 @@
-"""The event feed: paging in commit order with cursors, type filters, bad input, scopes."""
+"""The event feed: paging in commit order with cursors, type filters, bad input, scopes.
+
+Tests that read events back are marked ``committed``: on PostgreSQL the feed shows only events
+of transactions that have ended."""
 
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ def test_an_empty_feed_starts_at_zero(client):
     assert page(client) == {"events": [], "next_cursor": "0.0"}
 
 
+@pytest.mark.committed
 def test_pages_follow_each_other_with_cursors_in_commit_order(client, runtime, clock):
     emit_all(runtime.engine, ("member.enrolled", "m1"), ("points.accrued", "m1"), now=clock())
     clock.advance(minutes=1)
@@ -95,6 +99,7 @@ def test_pages_follow_each_other_with_cursors_in_commit_order(client, runtime, c
     assert page(client, "?limit=500")["events"] == seen
 
 
+@pytest.mark.committed
 def test_the_types_filter_keeps_only_those_types_and_pages_with_cursors(client, runtime, clock):
     emit_all(
         runtime.engine,
@@ -114,6 +119,7 @@ def test_the_types_filter_keeps_only_those_types_and_pages_with_cursors(client, 
     assert len(page(client, "?types=")["events"]) == 5
 
 
+@pytest.mark.committed
 def test_a_cursor_at_the_largest_position_is_valid_and_past_everything(client, runtime, clock):
     emit_all(runtime.engine, ("points.accrued", "m1"), now=clock())
     settle(runtime.engine)
@@ -159,6 +165,7 @@ def test_the_feed_needs_the_read_scope(client, runtime):
 
 
 @pytest.mark.postgres_only
+@pytest.mark.committed
 def test_a_reader_never_sees_a_later_commit_behind_its_cursor(client, runtime, clock, settings):
     """T1 writes an event and stays open; T2 writes one and commits. The feed shows neither
     until T1 ends, then both, T1's first: a cursor taken meanwhile can never skip T1's."""

@@ -29,12 +29,12 @@ def write_csv(path: Path, rows: list[list[object]]) -> Path:
 
 
 @pytest.fixture
-def run_import(runtime, database_url, clock):
+def run_import(runtime, clock):
     def run(path: Path, *args: str):
         result = CliRunner().invoke(
             cli.main,
             ["import-transactions", str(path), "--no-progress", *args],
-            env={"LOYALTY_DATABASE_URL": database_url},
+            env={"LOYALTY_DATABASE_URL": runtime.settings.database_url},
             obj=runtime,
             catch_exceptions=False,
         )
@@ -152,7 +152,7 @@ def test_import_pays_a_negative_balance_first(members, run_import, client, engin
     assert_verified(engine)
 
 
-def test_import_refuses_a_file_without_the_columns(members, runtime, database_url, tmp_path):
+def test_import_refuses_a_file_without_the_columns(members, runtime, tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("id,amount\n1,2\n")
     result = CliRunner().invoke(cli.main, ["import-transactions", str(path)], obj=runtime)

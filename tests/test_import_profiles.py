@@ -359,6 +359,7 @@ def test_a_file_without_the_columns_is_refused(members, runtime, tmp_path):
     assert "the header lacks aum, profit_contribution, products_held" in result.output
 
 
+@pytest.mark.committed
 def test_the_command_runs_as_a_real_process(members, database_url, engine, tmp_path):
     path = write_csv(tmp_path / "s.csv", [snapshot_row("m1", aum=7), snapshot_row("nobody", aum=7)])
     rejects = tmp_path / "out" / "rejects.csv"

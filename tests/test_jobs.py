@@ -89,6 +89,7 @@ def test_jobs_run_refuses_a_bad_as_of_and_runs_nothing(runtime, engine, probes, 
     assert stored(engine) == []
 
 
+@pytest.mark.committed
 def test_a_failing_job_is_recorded_as_failed_with_its_error_and_exits_1(database_url, engine):
     result = subprocess.run(
         [sys.executable, "-m", "tests.probe_jobs", "jobs", "run", "broken", "--as-of", "2026-06-01"],
@@ -106,16 +107,17 @@ def test_a_failing_job_is_recorded_as_failed_with_its_error_and_exits_1(database
     assert row.runner.split(":")[1] != str(os.getpid())  # run by that process
 
 
-def test_jobs_run_refuses_an_unknown_job_and_lists_the_jobs(database_url, engine):
+def test_jobs_run_refuses_an_unknown_job_and_lists_the_jobs(unopened_url):
     result = subprocess.run(
-        [LOYALTY, "jobs", "run", "nightly"], env=environment(database_url), capture_output=True, text=True, timeout=120
+        [LOYALTY, "jobs", "run", "nightly"], env=environment(unopened_url), capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
     assert "no job 'nightly'" in result.stderr
     assert all(name in result.stderr for name in JOBS)
-    assert stored(engine) == []
+    # ...and runs nothing: it never opened the database (unopened_url).
 
 
+@pytest.mark.committed
 def test_jobs_list_names_every_job_with_its_schedule(database_url):
     result = subprocess.run(
         [LOYALTY, "jobs", "list"],

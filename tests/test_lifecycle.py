@@ -204,7 +204,7 @@ def test_members_are_told_thirty_days_before_points_expire(client, runtime):
 # ---- the importer does what the API does -------------------------------------------------------------------------
 
 
-def test_an_import_upgrades_members_and_writes_their_events(client, runtime, database_url, tmp_path):
+def test_an_import_upgrades_members_and_writes_their_events(client, runtime, tmp_path):
     enrol(client, "young", birth_date="1996-01-01")
     enrol(client, "old", birth_date="1950-01-01")
     path = tmp_path / "day.csv"
@@ -217,7 +217,7 @@ def test_an_import_upgrades_members_and_writes_their_events(client, runtime, dat
     result = CliRunner().invoke(
         cli.main,
         ["import-transactions", str(path), "--no-progress"],
-        env={"LOYALTY_DATABASE_URL": database_url},
+        env={"LOYALTY_DATABASE_URL": runtime.settings.database_url},
         obj=runtime,
         catch_exceptions=False,
     )

@@ -2,7 +2,8 @@
 
 The process tests run ``loyalty scheduler`` with the probe jobs registered
 (``python -m tests.probe_jobs scheduler``, see :mod:`tests.probe_jobs`) and
-``LOYALTY_JOB_INTERVALS=probe=1``, so the ``probe`` job fires every second.
+``PROBE_INTERVAL_SECONDS``, so the ``probe`` job fires every half second. They
+wait for what they expect to see, polling the database and the logs.
 """
 
 from __future__ import annotations
@@ -36,12 +37,23 @@ from tests.probe_jobs import environment
 
 LOYALTY = str(Path(sys.executable).with_name("loyalty"))
 #: How often standbys try to take the lead, and leaders check they still hold it.
-STANDBY_SECONDS = 0.5
+STANDBY_SECONDS = 0.25
+#: How often the probe job runs (each run takes ``probe_jobs.PROBE_SECONDS``).
+PROBE_INTERVAL = 0.5
 #: Generous bounds: the expected times are a few seconds.
 TIMEOUT = 60
 TAKEOVER_BOUND = dt.timedelta(seconds=20)
 
 T = TypeVar("T")
+
+
+def stays(what: str, check: Callable[[], object], seconds: float) -> None:
+    """Poll ``check`` for ``seconds``; fail as soon as it is no longer true."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), f"no longer true: {what}"
+        time.sleep(0.05)
+    assert check(), f"no longer true: {what}"
 
 
 def wait_for(what: str, check: Callable[[], T], timeout: float = TIMEOUT) -> T:
@@ -53,7 +65,7 @@ def wait_for(what: str, check: Callable[[], T], timeout: float = TIMEOUT) -> T:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 class Scheduler:
@@ -72,7 +84,9 @@ class Schedulers:
     def __init__(self, database_url: str, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.env = environment(
-            database_url, LOYALTY_SCHEDULER_STANDBY_SECONDS=str(STANDBY_SECONDS), LOYALTY_JOB_INTERVALS="probe=1"
+            database_url,
+            LOYALTY_SCHEDULER_STANDBY_SECONDS=str(STANDBY_SECONDS),
+            PROBE_INTERVAL_SECONDS=str(PROBE_INTERVAL),
         )
         self.started: list[Scheduler] = []
 
@@ -134,6 +148,7 @@ def assert_no_overlap(rows: list[Any], *, killed_at: dt.datetime | None = None) 
         assert end <= after.started_at, f"runs {before.id} ({before.runner}) and {after.id} ({after.runner}) overlap"
 
 
+@pytest.mark.committed
 def test_one_scheduler_leads_and_a_standby_takes_over_when_it_is_killed(schedulers, engine):
     first, second = schedulers.start(), schedulers.start()
     wait_for("three probe runs", lambda: len([r for r in runs(engine) if r.status == "succeeded"]) >= 3)
@@ -184,6 +199,7 @@ def steal_the_lock(engine: sa.Engine, database_url: str, backend: str) -> Leader
     return thief
 
 
+@pytest.mark.committed
 def test_a_leader_that_loses_its_lock_stops_its_jobs_until_it_leads_again(schedulers, engine, database_url, backend):
     scheduler = schedulers.start()
     wait_for("the scheduler to run the probe", finished_runs(engine, 1, scheduler))
@@ -193,8 +209,8 @@ def test_a_leader_that_loses_its_lock_stops_its_jobs_until_it_leads_again(schedu
         assert "no longer the leader" in scheduler.log()
         stopped = runs(engine)
         assert all(r.status == "succeeded" for r in stopped)  # it let the running probe finish
-        time.sleep(3)  # three probe intervals, in which a scheduler still running jobs would start one
-        assert [r.id for r in runs(engine)] == [r.id for r in stopped]
+        # A scheduler still running jobs would start one within a probe interval: none starts in three.
+        stays("no probe ran", lambda: [r.id for r in runs(engine)] == [r.id for r in stopped], 3 * PROBE_INTERVAL)
     finally:
         thief.release()
     wait_for("the scheduler to lead again", finished_runs(engine, len(stopped) + 2, scheduler))
@@ -202,8 +218,8 @@ def test_a_leader_that_loses_its_lock_stops_its_jobs_until_it_leads_again(schedu
     assert_no_overlap(runs(engine))
 
 
-def test_an_interval_for_an_unknown_job_stops_the_scheduler_at_once(database_url):
-    env = environment(database_url, LOYALTY_JOB_INTERVALS="webhooks=1,nightly=5")
+def test_an_interval_for_an_unknown_job_stops_the_scheduler_at_once(unopened_url):
+    env = environment(unopened_url, LOYALTY_JOB_INTERVALS="webhooks=1,nightly=5")
     result = subprocess.run([LOYALTY, "scheduler"], env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 1
     assert "LOYALTY_JOB_INTERVALS names unknown jobs nightly" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -77,6 +78,7 @@ def test_migrations_produce_exactly_the_models(engine):
     assert diff == []
 
 
+@pytest.mark.committed  # the schema itself goes and comes back, each migration in its own transaction
 def test_migrations_downgrade_and_upgrade_again(engine):
     from alembic import command
 
@@ -91,3 +93,52 @@ def test_migrations_downgrade_and_upgrade_again(engine):
     upgrade(engine)
     with engine.connect() as conn:
         assert "postings" in sa.inspect(conn).get_table_names()
+
+
+@pytest.mark.committed  # the schema goes back a revision and forward again
+def test_codes_stored_before_positions_are_numbered_in_the_order_they_were_issued_in(engine):
+    """Migration 0007 numbers each pool's codes by upload time, then id: the order the
+    previous release issued them in."""
+    from alembic import command
+
+    from loyalty.migrate import alembic_config, upgrade
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    early, late = "2026-06-01 10:00:00", "2026-06-02 10:00:00"
+    with engine.begin() as conn:
+        for benefit in ("coffee", "tea"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO benefits (code, version, name, kind, fulfilment, face_value, unit_cost,"
+                    " funding_source, status, updated_by, updated_at)"
+                    " VALUES (:code, 1, :code, 'voucher', 'pool', 1000, 800, 'bank', 'active', 'test', :at)"
+                ),
+                {"code": benefit, "at": early},
+            )
+        for benefit, code_id, uploaded_at in [
+            ("coffee", "c3", late),
+            ("coffee", "c2", early),
+            ("tea", "t1", late),
+            ("coffee", "c1", late),
+        ]:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO voucher_codes (benefit_code, id, digest, secret, status, uploaded_at)"
+                    " VALUES (:benefit, :id, :id, 'sealed', 'available', :at)"
+                ),
+                {"benefit": benefit, "id": code_id, "at": uploaded_at},
+            )
+    upgrade(engine)
+    with engine.connect() as conn:
+        numbered = conn.execute(
+            sa.text("SELECT benefit_code, id, position FROM voucher_codes ORDER BY benefit_code, position")
+        ).all()
+    assert [tuple(r) for r in numbered] == [
+        ("coffee", "c2", 1),
+        ("coffee", "c1", 2),
+        ("coffee", "c3", 3),
+        ("tea", "t1", 1),
+    ]

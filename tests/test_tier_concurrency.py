@@ -13,7 +13,8 @@ from loyalty.records.models import member_profiles
 from loyalty.runtime import Runtime
 from tests.test_concurrency import assert_verified, book, enrol, race, rt  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.postgres_only
+#: Threads with connections of their own race each other: the data they race for is committed.
+pytestmark = [pytest.mark.postgres_only, pytest.mark.committed]
 
 MEMBERS = 60
 

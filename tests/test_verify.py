@@ -285,6 +285,7 @@ def test_every_check_has_a_breakage():
     assert len(CHECK_NAMES) == len(set(CHECK_NAMES))
 
 
+@pytest.mark.committed
 def test_verify_passes_a_healthy_ledger(healthy, database_url):
     run = run_verify_cli(database_url)
     assert run.exit_code == 0, run.output
@@ -293,6 +294,7 @@ def test_verify_passes_a_healthy_ledger(healthy, database_url):
     assert "ledger verified: every invariant holds" in run.output
 
 
+@pytest.mark.committed
 def test_verify_passes_an_empty_ledger(runtime, database_url):
     run = run_verify_cli(database_url)
     assert run.exit_code == 0, run.output
@@ -302,6 +304,7 @@ def test_verify_passes_an_empty_ledger(runtime, database_url):
 @pytest.mark.parametrize(
     ("check", "breakage", "expected"), BREAKAGES, ids=[f"{c}-{b.__name__}" for c, b, _ in BREAKAGES]
 )
+@pytest.mark.committed
 def test_verify_names_the_broken_invariant(healthy, database_url, check, breakage, expected):
     assert check in expected
     assert run_verify_cli(database_url).exit_code == 0
@@ -317,6 +320,7 @@ def test_verify_names_the_broken_invariant(healthy, database_url, check, breakag
     assert failing[1].startswith("       "), run.output
 
 
+@pytest.mark.committed
 def test_verify_counts_every_broken_row(healthy, database_url):
     with behind_the_back(database_url) as conn:
         conn.execute(sa.text("UPDATE member_accounts SET entry_seq = entry_seq + 1"))
@@ -424,6 +428,7 @@ def test_postgres_accepts_an_entry_balanced_only_by_its_last_line(healthy):
 
 
 @pytest.mark.postgres_only
+@pytest.mark.committed
 def test_replica_mode_for_tampering_does_not_outlive_its_transaction(healthy, database_url):
     with behind_the_back(database_url) as conn:
         assert conn.exec_driver_sql("SHOW session_replication_role").scalar_one() == "replica"

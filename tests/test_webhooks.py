@@ -1,4 +1,7 @@
-"""Webhooks: subscriptions through the API, and the delivery job against a real HTTP receiver on loopback."""
+"""Webhooks: subscriptions through the API, and the delivery job against a real HTTP receiver on loopback.
+
+Tests of the job are marked ``committed``: it sends from threads, and it reads the feed, which
+on PostgreSQL shows only events of transactions that have ended."""
 
 from __future__ import annotations
 
@@ -327,6 +330,7 @@ def test_unknown_subscriptions_and_deliveries_are_not_found(client, rt, receiver
         assert r.get_json()["field"] == "event_id"
 
 
+@pytest.mark.committed
 def test_deactivating_stops_deliveries_and_keeps_the_history(client, rt, clock, receiver):
     sub = subscribe(client, receiver.url)["subscription_id"]
     first = event(rt)
@@ -357,6 +361,7 @@ def test_deactivating_stops_deliveries_and_keeps_the_history(client, rt, clock, 
     assert json.loads(deactivations[0].after)["active"] is False
 
 
+@pytest.mark.committed
 def test_deliveries_page_newest_first_and_filter_by_status(client, rt, receiver):
     sub = subscribe(client, receiver.url)["subscription_id"]
     ids = [event(rt, member_id=f"m{i}") for i in range(5)]
@@ -388,6 +393,7 @@ def test_deliveries_page_newest_first_and_filter_by_status(client, rt, receiver)
 # --- delivery ------------------------------------------------------------------------------------
 
 
+@pytest.mark.committed
 def test_a_delivery_is_the_feed_event_signed_with_the_secret(client, rt, clock, receiver):
     sub = subscribe(client, receiver.url)["subscription_id"]
     event_id = event(rt, member_id="m1", points=120)
@@ -432,6 +438,7 @@ def test_a_delivery_is_the_feed_event_signed_with_the_secret(client, rt, clock, 
     assert receiver.ids() == [event_id]  # a 2xx is final
 
 
+@pytest.mark.committed
 def test_a_members_events_from_the_api_arrive_in_feed_order(client, rt, receiver):
     subscribe(client, receiver.url)
     enrol(client, "C0001")
@@ -452,6 +459,7 @@ def test_a_members_events_from_the_api_arrive_in_feed_order(client, rt, receiver
     assert all(verify(SECRET, r.headers, r.body, rt.now().timestamp()) for r in received)
 
 
+@pytest.mark.committed
 def test_a_new_subscription_receives_events_from_its_creation_on(client, rt, receiver):
     event(rt, member_id="before")
     settle(rt.engine)
@@ -463,6 +471,7 @@ def test_a_new_subscription_receives_events_from_its_creation_on(client, rt, rec
     assert receiver.ids() == [later]
 
 
+@pytest.mark.committed
 def test_only_the_subscribed_types_are_delivered(client, rt, receiver):
     sub = subscribe(client, receiver.url, event_types=["points.accrued", "tier.changed"])["subscription_id"]
     event(rt, "member.enrolled")
@@ -478,6 +487,7 @@ def test_only_the_subscribed_types_are_delivered(client, rt, receiver):
     assert client.get(f"/v1/webhooks/{sub}").get_json()["cursor"] == client.get("/v1/events").get_json()["next_cursor"]
 
 
+@pytest.mark.committed
 def test_fan_out_goes_in_chunks_one_transaction_each(client, rt, receiver, monkeypatch):
     monkeypatch.setattr(webhooks, "FANOUT_CHUNK", 2)
     sub = subscribe(client, receiver.url)["subscription_id"]
@@ -487,6 +497,7 @@ def test_fan_out_goes_in_chunks_one_transaction_each(client, rt, receiver, monke
     assert client.get(f"/v1/webhooks/{sub}").get_json()["cursor"] == client.get("/v1/events").get_json()["next_cursor"]
 
 
+@pytest.mark.committed
 def test_failures_are_retried_after_an_exponential_backoff(client, rt, clock, receiver, caplog):
     sub = subscribe(client, receiver.url)["subscription_id"]
     event_id = event(rt)
@@ -534,6 +545,7 @@ def test_failures_are_retried_after_an_exponential_backoff(client, rt, clock, re
     assert SECRET not in caplog.text
 
 
+@pytest.mark.committed
 def test_a_delivery_is_dead_after_the_last_attempt(client, rt, clock, receiver):
     sub = subscribe(client, receiver.url)["subscription_id"]
     event_id = event(rt)
@@ -553,6 +565,7 @@ def test_a_delivery_is_dead_after_the_last_attempt(client, rt, clock, receiver):
     assert receiver.ids() == [event_id] * ATTEMPTS
 
 
+@pytest.mark.committed
 def test_a_timeout_is_a_failure_and_the_retry_carries_the_same_event_id(client, rt, clock, receiver):
     """At least once: the receiver got the event but the answer came too late, so it gets it again
     and deduplicates on X-Loyalty-Event-Id."""
@@ -575,6 +588,7 @@ def test_a_timeout_is_a_failure_and_the_retry_carries_the_same_event_id(client, 
     assert all(verify(SECRET, r.headers, r.body, clock().timestamp()) for r in receiver.received)
 
 
+@pytest.mark.committed
 def test_a_refused_connection_is_a_failure(client, rt):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -587,6 +601,7 @@ def test_a_refused_connection_is_a_failure(client, rt):
     assert failed["last_error"].startswith("connection failed")
 
 
+@pytest.mark.committed
 def test_a_redirect_is_not_followed_and_is_a_failure(client, rt, receiver):
     sub = subscribe(client, receiver.url)["subscription_id"]
     event_id = event(rt)
@@ -597,6 +612,7 @@ def test_a_redirect_is_not_followed_and_is_a_failure(client, rt, receiver):
     assert (failed["status"], failed["last_status"], failed["last_error"]) == ("pending", 302, "HTTP 302")
 
 
+@pytest.mark.committed
 def test_redelivery_by_hand_sends_a_dead_or_delivered_delivery_again(client, runtime, clock, receiver):
     rt = tuned(runtime, webhook_timeout_seconds=TIMEOUT, webhook_max_attempts=1)
     sub = subscribe(client, receiver.url)["subscription_id"]
@@ -630,6 +646,7 @@ def test_redelivery_by_hand_sends_a_dead_or_delivered_delivery_again(client, run
     assert [json.loads(line.before)["status"] for line in lines] == ["dead", "delivered"]
 
 
+@pytest.mark.committed
 def test_a_members_next_event_waits_while_an_earlier_one_is_failing(client, rt, clock, receiver):
     sub = subscribe(client, receiver.url)["subscription_id"]
     a1 = event(rt, member_id="A")
@@ -651,6 +668,7 @@ def test_a_members_next_event_waits_while_an_earlier_one_is_failing(client, rt, 
     assert [delivery(client, sub, i)["status"] for i in (a1, b1, a2)] == ["delivered"] * 3
 
 
+@pytest.mark.committed
 def test_a_dead_delivery_no_longer_holds_back_the_members_next_event(client, runtime, receiver):
     rt = tuned(runtime, webhook_timeout_seconds=TIMEOUT, webhook_max_attempts=1)
     sub = subscribe(client, receiver.url)["subscription_id"]
@@ -662,6 +680,7 @@ def test_a_dead_delivery_no_longer_holds_back_the_members_next_event(client, run
     assert [delivery(client, sub, i)["status"] for i in (a1, a2)] == ["dead", "delivered"]
 
 
+@pytest.mark.committed
 def test_overlapping_runs_send_each_delivery_once(client, runtime, clock, receiver, monkeypatch):
     """Four runs at once, fanning out in small chunks: each event is queued once and sent once,
     each member's in order."""

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
-from loyalty.catalogue.models import benefits, voucher_codes
+from loyalty.catalogue.models import CODE_STATUSES, benefits, voucher_codes
 from loyalty.db import insert_ignore, is_postgres
 from loyalty.events.service import emit
 
@@ -53,7 +53,16 @@ def add_codes(
     conn: Connection, box: CodeBox, benefit_code: str, codes: Iterable[str], *, now: dt.datetime
 ) -> tuple[int, int]:
     """Add codes to a benefit's pool; a code already in the pool (or twice in ``codes``) is
-    refused. Returns ``(added, duplicates)``; the benefit's stock grows by ``added``."""
+    refused. Returns ``(added, duplicates)``; the benefit's stock grows by ``added``.
+
+    The codes take the pool's next positions in the order given, so they are issued after
+    every code uploaded before them, and in the order of ``codes``."""
+    b = benefits.c
+    # Two uploads to one pool number their codes one after the other: the benefit's row is
+    # locked first (on SQLite a writer has the whole database already).
+    lock = sa.select(b.code).where(b.code == benefit_code)
+    conn.execute(lock.with_for_update() if is_postgres(conn) else lock)
+    position = last_position(conn, benefit_code)
     seen: set[str] = set()
     rows, duplicates = [], 0
     for code in codes:
@@ -62,6 +71,7 @@ def add_codes(
             duplicates += 1
             continue
         seen.add(digest)
+        position += 1
         rows.append(
             {
                 "benefit_code": benefit_code,
@@ -70,6 +80,7 @@ def add_codes(
                 "secret": box.seal(benefit_code, code),
                 "status": "available",
                 "uploaded_at": now,
+                "position": position,
             }
         )
     added = 0
@@ -78,9 +89,25 @@ def add_codes(
         added += len(conn.execute(insert_ignore(conn, voucher_codes).returning(voucher_codes.c.id), part).all())
     duplicates += len(rows) - added
     if added:
-        b = benefits.c
         conn.execute(benefits.update().where(b.code == benefit_code).values(stock=sa.func.coalesce(b.stock, 0) + added))
     return added, duplicates
+
+
+def last_position(conn: Connection, benefit_code: str) -> int:
+    """The highest position in a benefit's pool, 0 for an empty pool: the greater of the last
+    available and the last issued code's, each read from the end of the index that picks codes."""
+    vc = voucher_codes.c
+    last = conn.execute(
+        sa.select(
+            *[
+                sa.select(sa.func.max(vc.position))
+                .where(vc.benefit_code == benefit_code, vc.status == status)
+                .scalar_subquery()
+                for status in CODE_STATUSES
+            ]
+        )
+    ).one()
+    return max((int(p) for p in last if p is not None), default=0)
 
 
 def issue_codes(
@@ -93,12 +120,15 @@ def issue_codes(
     now: dt.datetime,
 ) -> list[str]:
     """Take ``quantity`` available codes for a redemption (the caller has reserved the stock).
-    Returns their ids; concurrent redemptions never get the same code."""
+    Returns their ids; concurrent redemptions never get the same code.
+
+    The codes are the first available in upload order (:func:`add_codes`); a code given back
+    by a cancellation keeps its place."""
     vc = voucher_codes.c
     pick = (
         sa.select(vc.id)
         .where(vc.benefit_code == benefit_code, vc.status == "available")
-        .order_by(vc.uploaded_at, vc.id)
+        .order_by(vc.position)
         .limit(quantity)
     )
     if is_postgres(conn):
@@ -120,7 +150,7 @@ def reveal(conn: Connection, box: CodeBox, benefit_code: str, *, member_id: str,
     secrets = conn.execute(
         sa.select(vc.secret)
         .where(vc.benefit_code == benefit_code, vc.member_id == member_id, vc.redemption_id == redemption_id)
-        .order_by(vc.issued_at, vc.id)
+        .order_by(vc.issued_at, vc.position)
     ).scalars()
     return [box.open(benefit_code, s) for s in secrets]
 

@@ -84,11 +84,14 @@ voucher_codes = sa.Table(
     sa.Column("member_id", sa.String(64)),
     sa.Column("redemption_id", sa.String(64)),
     sa.Column("uploaded_at", UTCDateTime, nullable=False),
+    #: 1, 2, 3, ...: the code's place in its benefit's pool, in upload order (codes are issued in
+    #: this order). NULL only for a code written by the previous release during an upgrade.
+    sa.Column("position", sa.BigInteger),
     sa.Column("issued_at", UTCDateTime),
     sa.CheckConstraint(sa.column("status").in_(CODE_STATUSES), name="status"),
     sa.Index("ix_voucher_codes_benefit_code_digest", "benefit_code", "digest", unique=True),
-    #: the next available codes, in upload order, without sorting the pool
-    sa.Index("ix_voucher_codes_benefit_code_status_uploaded_at_id", "benefit_code", "status", "uploaded_at", "id"),
+    #: the next available codes, in upload order, without sorting the pool; and a pool's last position
+    sa.Index("ix_voucher_codes_benefit_code_status_position", "benefit_code", "status", "position"),
     #: the codes of one redemption
     sa.Index("ix_voucher_codes_benefit_code_redemption_id", "benefit_code", "redemption_id"),
 )
