@@ -169,13 +169,22 @@ def rules_backtest(candidate: Path, start: str, end: str, top: int) -> None:
 
 @main.command()
 def verify() -> None:
-    """Check every ledger invariant over the whole database; exit 1 if any is broken."""
+    """Check every ledger invariant over the whole database, and every closed month against the
+    reports stored at its close; exit 1 if any is broken."""
+    from loyalty.finance import periods
     from loyalty.ledger import verify as checks
 
-    with rt().engine.execution_options(readonly=True).connect() as conn:
+    runtime = rt()
+    with runtime.engine.execution_options(readonly=True).connect() as conn:
         outcomes = checks.run(conn)
+        closed = periods.listing(conn)
+        problems = periods.verify(conn, zone=runtime.programme.zone)
     click.echo(checks.report(outcomes))
-    if not all(o.ok for o in outcomes):
+    if problems:
+        click.echo("\n".join(f"FAIL closed period: {p}" for p in problems))
+    elif closed:
+        click.echo(f"ok   closed periods: {len(closed)} recomputed from the journal, each as stored at its close")
+    if problems or not all(o.ok for o in outcomes):
         sys.exit(1)
 
 

@@ -136,3 +136,10 @@ class RuleDocumentError(LoyaltyError):
     status = 422
     code = "invalid_rule_document"
     title = "Invalid rule document"
+
+
+class PeriodClosed(Conflict):
+    """An entry would carry a posting date inside a closed period."""
+
+    code = "period_closed"
+    title = "The period is closed"

@@ -5,11 +5,12 @@ from loyalty.auth.models import api_keys
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
-from loyalty.finance.models import valuation_settings
+from loyalty.finance.models import frozen_reports, valuation_settings
 from loyalty.idempotency import idempotency_keys
 from loyalty.jobs.models import job_runs
 from loyalty.ledger.models import (
     accounts,
+    closed_periods,
     holds,
     journal_entries,
     lot_consumptions,
@@ -50,4 +51,6 @@ __all__ = [
     "voucher_codes",
     "redemptions",
     "valuation_settings",
+    "closed_periods",
+    "frozen_reports",
 ]

@@ -31,6 +31,7 @@ from loyalty.auth.service import create_key
 from loyalty.config import Settings
 from loyalty.db import make_engine, metadata, transaction
 from loyalty.ledger.models import SYSTEM_ACCOUNTS
+from loyalty.ledger.service import forget_closed_periods
 from loyalty.migrate import upgrade
 from loyalty.programmes.service import ProgrammeStore, installed
 from loyalty.runtime import Runtime
@@ -260,3 +261,10 @@ def api_key(runtime: Runtime) -> str:
 def client(app, api_key: str) -> ContractClient:  # type: ignore[no-untyped-def]
     """A test client that authenticates and checks every response against openapi.yaml."""
     return ContractClient(app.test_client(), api_key)
+
+
+@pytest.fixture(autouse=True)
+def _forget_closed_periods() -> None:
+    """Each test reads the closed periods of its own database afresh (the ledger caches them per
+    database URL, and tests reuse one PostgreSQL database)."""
+    forget_closed_periods()

@@ -210,6 +210,35 @@ def test_a_tier_that_never_expires_keeps_its_points(runtime, clock):
     assert Books(runtime).balance() == 600
 
 
+def test_a_run_that_fails_part_way_is_finished_by_the_next(runtime, clock, monkeypatch):
+    from loyalty.members import jobs
+
+    monkeypatch.setattr(jobs, "EXPIRY_CHUNK", 2)
+    with transaction(runtime.engine) as conn:
+        for i in range(7):
+            members.enrol(conn, Enrolment(f"m{i}"), programme=BASE, now=clock.now)
+    as_of = calendar.add_months(clock.now, 24, SHANGHAI)
+    real_expire, calls = ledger.expire, []
+
+    def crash_on_the_fifth(conn: Any, member_id: str, **kwargs: Any) -> Any:
+        calls.append(member_id)
+        if len(calls) == 5:
+            raise RuntimeError("the process died")
+        return real_expire(conn, member_id, **kwargs)
+
+    monkeypatch.setattr(ledger, "expire", crash_on_the_fifth)
+    run = run_job(runtime, "expiry", as_of)
+    assert run["status"] == "failed" and "the process died" in run["detail"]
+    books = Books(runtime)
+    # the first two chunks committed; the third rolled back with the crash
+    assert [books.balance(f"m{i}") for i in range(7)] == [0, 0, 0, 0, 500, 500, 500]
+    monkeypatch.setattr(ledger, "expire", real_expire)
+    assert expire(runtime, as_of)["rows"] == 3
+    assert [books.balance(f"m{i}") for i in range(7)] == [0] * 7
+    assert books.account_total("expired") == 3_500
+    books.assert_verified()
+
+
 # ---- what the member sees ------------------------------------------------------------------------------------------
 
 

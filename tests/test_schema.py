@@ -41,6 +41,8 @@ NOT_MEMBER_SCOPED = {
     "benefit_versions": "the catalogue's history",
     "voucher_codes": "a benefit's code pool, keyed by benefit; a code names its member once issued",
     "valuation_settings": "reference table: finance's valuation inputs",
+    "closed_periods": "finance's closed months: a small reference table",
+    "frozen_reports": "a closed month's stored reports",
 }
 
 

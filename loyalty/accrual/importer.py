@@ -33,7 +33,7 @@ from loyalty.errors import LoyaltyError
 from loyalty.events.models import events
 from loyalty.idempotency import idempotency_keys, request_hash
 from loyalty.ledger.models import journal_entries, lot_consumptions, member_accounts, point_lots, postings
-from loyalty.ledger.service import accrual_rows, lot_expiry, new_id
+from loyalty.ledger.service import accrual_rows, check_open, lot_expiry, new_id
 from loyalty.records.models import TRANSACTION_TYPES, member_profiles, members, transactions
 from loyalty.runtime import Runtime
 from loyalty.tiers import service as tiers
@@ -412,6 +412,8 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
                     "received_at": now,
                 }
             )
+    if entries:
+        check_open(conn, now)
     for table, data in (
         (transactions, txn_rows),
         (journal_entries, entries),

@@ -16,8 +16,8 @@ from loyalty.api.base import bp, execute, json_body, json_response, requires, ru
 from loyalty.api.programmes import actor
 from loyalty.db import transaction
 from loyalty.errors import ValidationError
-from loyalty.finance import breakage, export, liability, recognition, reports, settings
-from loyalty.finance.schemas import SETTING_SCHEMA, WHAT_IF_SCHEMA
+from loyalty.finance import breakage, export, liability, periods, recognition, reports, settings
+from loyalty.finance.schemas import REOPEN_SCHEMA, SETTING_SCHEMA, WHAT_IF_SCHEMA
 from loyalty.idempotency import Result
 from loyalty.validation import load
 
@@ -67,7 +67,9 @@ def get_trial_balance() -> Response:
     rt = runtime()
     zone = rt.programme.zone
     with transaction(rt.engine, readonly=True) as conn:
-        report = reports.trial_balance(conn, end=calendar.day_of(as_of, zone).end)
+        report = frozen_at_month_end(conn, "trial_balance", as_of) or reports.trial_balance(
+            conn, end=calendar.day_of(as_of, zone).end
+        )
     return report_response(report, export.trial_balance_table, f"trial-balance-{as_of.isoformat()}")
 
 
@@ -80,8 +82,11 @@ def get_rollforward() -> Response:
         raise ValidationError.one("to", "must not be before from")
     rt = runtime()
     zone = rt.programme.zone
+    month = periods.closed_month(start, end)
     with transaction(rt.engine, readonly=True) as conn:
-        report = reports.rollforward(conn, start=calendar.start_of(start, zone), end=calendar.day_of(end, zone).end)
+        report = (month and periods.frozen(conn, month, "rollforward")) or reports.rollforward(
+            conn, start=calendar.start_of(start, zone), end=calendar.day_of(end, zone).end
+        )
     return report_response(report, export.rollforward_table, f"rollforward-{start.isoformat()}-{end.isoformat()}")
 
 
@@ -115,7 +120,7 @@ def get_liability() -> Response:
     as_of = local_date_arg("as_of")
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
-        report = liability.liability(
+        report = frozen_at_month_end(conn, "liability", as_of) or liability.liability(
             conn, as_of=as_of, zone=rt.programme.zone, default_point_value=rt.settings.point_value_fen
         )
     return report_response(report, export.liability_table, f"liability-{as_of.isoformat()}")
@@ -127,9 +132,10 @@ def get_breakage() -> Response:
     """Cohorts by local month of earning, their redemption curves, and the estimated redemption rate."""
     rt = runtime()
     zone = rt.programme.zone
-    end = calendar.day_of(local_date_arg("as_of"), zone).end if "as_of" in request.args else rt.now()
+    as_of = local_date_arg("as_of") if "as_of" in request.args else None
+    end = calendar.day_of(as_of, zone).end if as_of is not None else rt.now()
     with transaction(rt.engine, readonly=True) as conn:
-        report = breakage.cohorts(conn, end=end, zone=zone)
+        report = (as_of and frozen_at_month_end(conn, "breakage", as_of)) or breakage.cohorts(conn, end=end, zone=zone)
     return report_response(report, export.breakage_table, "breakage")
 
 
@@ -140,5 +146,58 @@ def get_recognition() -> Response:
     label = request.args.get("period", "")
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
-        report = recognition.report(conn, label=label, zone=rt.programme.zone)
+        report = periods.frozen(conn, label, "recognition") or recognition.report(
+            conn, label=label, zone=rt.programme.zone
+        )
     return report_response(report, export.recognition_table, f"recognition-{label}")
+
+
+def frozen_at_month_end(conn: Connection, report: str, as_of: dt.date) -> dict[str, Any] | None:
+    """The report stored when the month closed, when ``as_of`` is the last day of a closed month."""
+    if (as_of + dt.timedelta(days=1)).day != 1:
+        return None
+    return periods.frozen(conn, as_of.strftime("%Y-%m"), report)
+
+
+@bp.get("/finance/periods")
+@requires("finance")
+def get_periods() -> Response:
+    rt = runtime()
+    with transaction(rt.engine, readonly=True) as conn:
+        return json_response({"closed": periods.listing(conn)})
+
+
+@bp.post("/finance/periods/<period>/close")
+@requires("finance")
+def close_period(period: str) -> Response:
+    """Close a local month that has ended: its reports are stored and served as stored."""
+    rt = runtime()
+    periods.month_of(period, rt.programme.zone)
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        summary = periods.close(
+            conn,
+            period,
+            zone=rt.programme.zone,
+            default_point_value=rt.settings.point_value_fen,
+            actor=actor(),
+            now=now,
+        )
+        return Result(summary, created=True)
+
+    return execute(operation, None)
+
+
+@bp.post("/finance/periods/<period>/reopen")
+@requires("admin")
+def reopen_period(period: str) -> Response:
+    """Reopen a closed month, with a reason: its stored reports are dropped."""
+    body = json_body()
+    data = load(REOPEN_SCHEMA, body)
+    rt = runtime()
+    periods.month_of(period, rt.programme.zone)
+
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        return Result(periods.reopen(conn, period, reason=data["reason"], actor=actor(), now=now))
+
+    return execute(operation, body)

@@ -1,4 +1,5 @@
-"""Finance tables: the valuation settings, versioned by effective date."""
+"""Finance tables: the valuation settings, versioned by effective date, and the reports of closed
+months (the months themselves are the ledger's: :data:`loyalty.ledger.models.closed_periods`)."""
 
 from __future__ import annotations
 
@@ -25,4 +26,14 @@ valuation_settings = sa.Table(
     sa.Column("created_by", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.CheckConstraint(sa.column("kind").in_(SETTING_KINDS), name="kind"),
+)
+
+#: A closed month's reports as they were when it closed, served as stored.
+frozen_reports = sa.Table(
+    "frozen_reports",
+    metadata,
+    sa.Column("period", sa.String(7), sa.ForeignKey("closed_periods.period"), primary_key=True),
+    sa.Column("report", sa.String(32), primary_key=True),
+    #: JSON
+    sa.Column("body", sa.Text, nullable=False),
 )

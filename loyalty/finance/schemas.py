@@ -44,3 +44,10 @@ class SettingSchema(Base):
 
 
 SETTING_SCHEMA = SettingSchema()
+
+
+class ReopenSchema(Base):
+    reason = StrictString(required=True, validate=validate.Length(min=1, max=500))
+
+
+REOPEN_SCHEMA = ReopenSchema()

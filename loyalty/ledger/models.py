@@ -61,7 +61,11 @@ journal_entries = sa.Table(
     sa.Column("related_entry_id", sa.Uuid(as_uuid=False)),
     sa.Column("programme_version", sa.String(32)),
     sa.Column("memo", sa.String(500)),
+    #: when the ledger moved (the posting date); reports count periods by it
     sa.Column("posted_at", UTCDateTime, nullable=False),
+    #: when what it posts occurred (the business date): a transaction's ``occurred_at``, a bonus's
+    #: earning; NULL where it is the posting date
+    sa.Column("occurred_at", UTCDateTime),
     sa.UniqueConstraint("member_id", "seq"),
     sa.UniqueConstraint("member_id", "kind", "source_ref"),
     sa.ForeignKeyConstraint(["member_id"], ["member_accounts.member_id"]),
@@ -161,3 +165,15 @@ SYSTEM_ACCOUNTS = [
     {"code": "issued:bank", "kind": "issued", "name": "Points issued, funded by bank marketing"},
     {"code": "redeemed:unspecified", "kind": "redeemed", "name": "Points redeemed, benefit not named"},
 ]
+
+#: Closed local months (``YYYY-MM``), as the UTC instants they span: no entry may carry a posting
+#: date inside one (finance closes them, :mod:`loyalty.finance.periods`).
+closed_periods = sa.Table(
+    "closed_periods",
+    metadata,
+    sa.Column("period", sa.String(7), primary_key=True),
+    sa.Column("starts_at", UTCDateTime, nullable=False),
+    sa.Column("ends_at", UTCDateTime, nullable=False),
+    sa.Column("closed_at", UTCDateTime, nullable=False),
+    sa.Column("closed_by", sa.String(100), nullable=False),
+)

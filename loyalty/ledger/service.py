@@ -14,6 +14,7 @@ new hold. Neither waits on the other's first lock, so they cannot deadlock.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -24,9 +25,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty import calendar
-from loyalty.errors import HoldNotPending, InsufficientPoints, NotFound, UnknownMember
+from loyalty.errors import HoldNotPending, InsufficientPoints, NotFound, PeriodClosed, UnknownMember
 from loyalty.ledger.lots import OpenLot, check_balanced, fifo_order, take
 from loyalty.ledger.models import (
+    closed_periods,
     holds,
     journal_entries,
     lot_consumptions,
@@ -138,6 +140,7 @@ def entry_rows(
     related_entry_id: str | None = None,
     programme_version: str | None = None,
     memo: str | None = None,
+    occurred_at: dt.datetime | None = None,
 ) -> tuple[dict[str, object], list[dict[str, object]]]:
     """The journal entry row and its posting rows; refuses an unbalanced entry."""
     check_balanced(line.amount for line in lines)
@@ -154,6 +157,7 @@ def entry_rows(
         "programme_version": programme_version,
         "memo": memo,
         "posted_at": now,
+        "occurred_at": occurred_at,
     }
     rows: list[dict[str, object]] = [
         {
@@ -170,7 +174,35 @@ def entry_rows(
     return entry, rows
 
 
+#: Seconds a process trusts what it read of the closed periods before it reads them again. Months
+#: close only well after they end, so only a clock running that far behind could meet a stale read.
+CLOSED_PERIODS_TTL = 30.0
+#: database URL -> (when read, the closed periods' spans)
+_closed: dict[str, tuple[float, tuple[Any, ...]]] = {}
+
+
+def forget_closed_periods() -> None:
+    """Read the closed periods again at the next posting (this process closed or reopened one)."""
+    _closed.clear()
+
+
+def check_open(conn: Connection, posted_at: dt.datetime) -> None:
+    """Refuse a posting date inside a closed period with :class:`PeriodClosed`."""
+    database = str(conn.engine.url)
+    loaded_at, spans = _closed.get(database, (float("-inf"), ()))
+    if time.monotonic() - loaded_at > CLOSED_PERIODS_TTL:
+        cp = closed_periods.c
+        spans = tuple(conn.execute(sa.select(cp.period, cp.starts_at, cp.ends_at)).all())
+        _closed[database] = (time.monotonic(), spans)
+    for period, starts_at, ends_at in spans:
+        if starts_at <= posted_at < ends_at:
+            raise PeriodClosed(
+                f"{period} is closed: no entry may be posted on {posted_at.isoformat()}", period=period
+            )
+
+
 def _write_entry(conn: Connection, **kwargs: Any) -> None:
+    check_open(conn, kwargs["now"])
     entry, rows = entry_rows(**kwargs)
     conn.execute(INSERT_ENTRY, entry)
     conn.execute(INSERT_POSTINGS, rows)
@@ -265,6 +297,7 @@ def accrue(
         transaction_id=transaction_id,
         programme_version=programme_version,
     )
+    check_open(conn, now)
     conn.execute(INSERT_ENTRY, rows.entry)
     conn.execute(INSERT_POSTINGS, rows.postings)
     conn.execute(INSERT_LOTS, rows.lots)
@@ -312,6 +345,7 @@ def accrual_rows(
         now=now,
         transaction_id=transaction_id,
         programme_version=programme_version,
+        occurred_at=earned_at,
     )
     debt = max(0, -(balance_after - int(entry["points"])))  # type: ignore[call-overload]
     lots: list[dict[str, object]] = []

@@ -189,6 +189,7 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
         je.source_ref,
         je.related_entry_id,
         je.posted_at,
+        je.occurred_at,
     ).where(je.member_id == member_id)
     if before_seq is not None:
         q = q.where(je.seq < before_seq)
@@ -208,6 +209,7 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
                 "source_ref": r.source_ref,
                 "related_entry_id": r.related_entry_id,
                 "posted_at": iso(r.posted_at),
+                "occurred_at": iso(r.occurred_at),
             }
             for r in rows
         ],
