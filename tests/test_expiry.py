@@ -266,6 +266,7 @@ def test_the_member_view_and_the_schedule_count_only_unexpired_points(client, ru
 # ---- racing bookings -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.committed
 @pytest.mark.postgres_only
 def test_the_expiry_job_racing_bookings_loses_and_doubles_nothing(runtime, clock, monkeypatch, backend):
     from loyalty.members import jobs

@@ -101,6 +101,7 @@ def test_reopening_needs_admin_and_a_reason_and_drops_the_stored_reports(client,
     assert client.post("/v1/finance/periods/2026-06/reopen", json={"reason": "again"}).status_code == 404
 
 
+@pytest.mark.committed
 def test_verify_recomputes_every_closed_month_and_catches_a_stored_report_that_differs(
     client, books, runtime, clock, database_url
 ):

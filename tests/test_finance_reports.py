@@ -112,6 +112,7 @@ def test_bad_dates_and_formats_are_refused_naming_the_parameter(client, query, f
     assert r.status_code == 422 and r.get_json()["field"] == field
 
 
+@pytest.mark.committed
 def test_the_cli_gives_the_same_reports(database_url, books, tmp_path):
     import json
     import os

@@ -133,6 +133,7 @@ def test_no_points_no_estimate():
     assert estimate([]) == ([], None, [])
 
 
+@pytest.mark.committed
 def test_the_cli_gives_the_liability_and_breakage(database_url, books):
     import json
     import os
