@@ -6,15 +6,25 @@ of the wrong type, numbers outside 64 bits and beyond a float, injection strings
 ``Idempotency-Key`` headers and odd path parameters. Every answer must be a 4xx problem+json
 that ``openapi.yaml`` declares, naming the field where there is one, never a 5xx; afterwards
 every row of every table is as it was and ``loyalty verify`` is clean.
+
+The last tests start the real gunicorn, as ``make run`` does, and send it request lines and
+headers past its limits over a socket.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -30,6 +40,7 @@ from tests import contract
 from tests.conftest import START
 from tests.helpers import enrol, txn
 
+ROOT = Path(__file__).resolve().parent.parent
 #: Put where a hostile token goes, then replaced in the JSON text, so that tokens json.dumps
 #: never writes (``NaN``, ``1e400``, a 5,000-digit integer) can be sent.
 HOLE = "\u2063hole\u2063"
@@ -692,3 +703,116 @@ def test_an_answer_echoing_a_surrogate_is_still_json(app):
     with app.test_request_context():
         r = problem(LoyaltyError("no member '\ud800'", field="member_id"))
     assert json.loads(r.get_data())["detail"] == "no member '\ud800'"
+
+
+# --- the server's own limits, over a real socket ------------------------------------------------------
+
+
+@dataclass
+class Gunicorn:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send ``raw`` and read the whole answer (gunicorn closes after an error)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(raw)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                if length and len(body) >= int(length.group(1)):
+                    break
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.fixture(scope="module")
+def gunicorn(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Gunicorn]:
+    """gunicorn as ``make run`` starts it (its configuration, wsgi:app, the embedded SQLite),
+    with one worker on a free loopback port."""
+    home = tmp_path_factory.mktemp("gunicorn")
+    db = home / "loyalty.db"
+    db.write_bytes(sqlite_template.read_bytes())
+    log = home / "gunicorn.log"
+    env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite:///{db}"}
+    command = [str(Path(sys.executable).with_name("gunicorn")), "--config", "gunicorn.conf.py"]
+    command += ["--bind", "127.0.0.1:0", "--workers", "1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        port = listening_port(process, log)
+        yield Gunicorn(process, port, log)
+    finally:
+        process.send_signal(signal.SIGINT)  # quick shutdown: no request is in flight
+        process.wait(timeout=30)
+
+
+def listening_port(process: subprocess.Popen[bytes], log: Path) -> int:
+    """The port gunicorn chose, from its "Listening at" line, once its worker is up."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", text)
+        if found and "Booting worker" in text:
+            return int(found.group(1))
+        assert process.poll() is None, f"gunicorn exited:\n{text}"
+        time.sleep(0.05)
+    raise AssertionError(f"gunicorn did not start:\n{log.read_text(errors='replace')}")
+
+
+def test_a_request_line_past_the_limit_is_a_414_problem(gunicorn):
+    target = "/v1/members/m1/entries?cursor=" + "1" * 5000
+    status, headers, body = gunicorn.request(f"GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    assert status == 414
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    problem = json.loads(body)
+    problem_validator().validate(problem)
+    assert problem["type"] == "/problems/request_line_too_long"
+    assert problem["status"] == 414
+    assert "4094" in problem["detail"]
+
+
+def test_a_request_line_at_the_limit_reaches_the_api(gunicorn):
+    # "GET " + target + " HTTP/1.1" is exactly the limit: the API answers (401, no key), not the server.
+    target = "/v1/members/m1/entries?cursor=" + "1" * (4094 - len("GET  HTTP/1.1") - 30)
+    line = f"GET {target} HTTP/1.1"
+    assert len(line) == 4094
+    status, headers, body = gunicorn.request(f"{line}\r\nHost: localhost\r\n\r\n".encode())
+    assert status == 401
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["field"] == "Authorization"
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({"X-Big": "x" * 8191}, "8190"),
+        ({f"X-Header-{i}": "x" for i in range(60)}, "50"),
+    ],
+    ids=["a header past 8190 bytes", "more than 50 headers"],
+)
+def test_headers_past_the_limits_are_a_431_problem(gunicorn, headers, detail):
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    status, answer, body = gunicorn.request(f"GET /health HTTP/1.1\r\nHost: localhost\r\n{lines}\r\n".encode())
+    assert status == 431
+    assert answer["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    problem_validator().validate(problem)
+    assert problem["type"] == "/problems/request_headers_too_large"
+    assert detail in problem["detail"]
+
+
+def test_the_server_still_answers_after_refusing(gunicorn):
+    assert gunicorn.request(b"GET /" + b"x" * 5000 + b" HTTP/1.1\r\n\r\n")[0] == 414
+    status, headers, body = gunicorn.request(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert status == 200
+    assert json.loads(body) == {"status": "ok"}
