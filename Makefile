@@ -37,13 +37,13 @@ run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partn
 	$(BIN)/loyalty sandbox-partner --callback-url 'http://$(HOST):$(PORT)/v1/partners/{partner}/callbacks' & sandbox=$$!; \
 	$(SECRET) $(BIN)/loyalty scheduler & scheduler=$$!; \
 	trap 'kill $$scheduler $$sandbox 2>/dev/null; wait $$scheduler $$sandbox' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --timeout 120 --access-logfile - wsgi:app
+	$(BIN)/gunicorn --config gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS)
 
 test: $(STAMP) ## run every test on SQLite and PostgreSQL
 	$(BIN)/pytest
 
 lint: $(STAMP) ## ruff, mypy and the import contracts (layers point down, no cycles)
-	$(BIN)/ruff check loyalty rules tests bench migrations
+	$(BIN)/ruff check loyalty rules tests bench migrations gunicorn.conf.py
 	$(BIN)/mypy loyalty rules
 	$(BIN)/lint-imports --no-cache
 

@@ -143,3 +143,20 @@ class PeriodClosed(Conflict):
 
     code = "period_closed"
     title = "The period is closed"
+
+
+class RequestLineTooLong(LoyaltyError):
+    """The request line (method, path and query) is past the server's limit. The server answers
+    it (``gunicorn.conf.py``) before the application sees the request."""
+
+    status = 414
+    code = "request_line_too_long"
+    title = "Request line too long"
+
+
+class RequestHeadersTooLarge(LoyaltyError):
+    """A header, or the number of headers, is past the server's limits; answered by the server."""
+
+    status = 431
+    code = "request_headers_too_large"
+    title = "Request headers too large"

@@ -17,6 +17,16 @@ from typing import Any
 from rules.catalogue import OPERATORS, VARIABLES, Variable
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+#: The largest magnitude of any integer in a document: the largest figure a rule compares
+#: (assets of 10^15 fen), far above any points, cap or count a programme needs, and well
+#: inside the 64 bits every stored number has.
+MAX_INTEGER = 10**15
+#: The longest period a document may name, in months and in days (a hundred years), so
+#: date arithmetic on it stays inside the calendar.
+MAX_MONTHS = 1200
+MAX_DAYS = 36_600
+#: The longest text a document may hold (a description; a rule's reason is shorter).
+MAX_TEXT = 1000
 
 
 class RuleError(ValueError):
@@ -58,6 +68,14 @@ def get(
         raise RuleError(f"{path}.{key}", f"must be {kind_name(kinds)}, not a boolean")
     if not isinstance(value, kinds):
         raise RuleError(f"{path}.{key}", f"must be {kind_name(kinds)}")
+    if isinstance(value, str):
+        text(value, f"{path}.{key}")
+    return value
+
+
+def text(value: str, path: str, maximum: int = MAX_TEXT) -> str:
+    if len(value) > maximum:
+        raise RuleError(path, f"must be at most {maximum:,} characters")
     return value
 
 
@@ -72,20 +90,36 @@ def no_extra(doc: dict[str, Any], allowed: set[str], path: str) -> None:
             raise RuleError(f"{path}.{key}", f"unknown field; expected one of {', '.join(sorted(allowed))}")
 
 
-def non_negative(value: Any, path: str) -> int:
+def whole(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RuleError(path, "must be an integer")
-    if value < 0:
+    return value
+
+
+def integer(value: Any, path: str, maximum: int = MAX_INTEGER) -> int:
+    """An integer from ``-maximum`` to ``maximum``."""
+    number = whole(value, path)
+    if abs(number) > maximum:
+        raise RuleError(path, f"must be from {-maximum:,} to {maximum:,}")
+    return number
+
+
+def non_negative(value: Any, path: str, maximum: int = MAX_INTEGER) -> int:
+    number = whole(value, path)
+    if number < 0:
         raise RuleError(path, "must not be negative")
-    return value
+    if number > maximum:
+        raise RuleError(path, f"must be at most {maximum:,}")
+    return number
 
 
-def positive(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RuleError(path, "must be an integer")
-    if value <= 0:
+def positive(value: Any, path: str, maximum: int = MAX_INTEGER) -> int:
+    number = whole(value, path)
+    if number <= 0:
         raise RuleError(path, "must be positive")
-    return value
+    if number > maximum:
+        raise RuleError(path, f"must be at most {maximum:,}")
+    return number
 
 
 #: Text formats of the date-like types; they compare correctly as strings.
@@ -99,14 +133,14 @@ PATTERNS = {
 def typed_value(var_type: str, value: Any, path: str) -> Any:
     """Check a literal against a variable's type; dates and times stay strings (they compare as text)."""
     if var_type == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RuleError(path, "must be an integer")
+        integer(value, path)
     elif var_type == "boolean":
         if not isinstance(value, bool):
             raise RuleError(path, "must be true or false")
     elif var_type in ("string", "string_list"):
         if not isinstance(value, str):
             raise RuleError(path, "must be a string")
+        text(value, path)
     elif var_type in PATTERNS:
         pattern, message = PATTERNS[var_type]
         if not isinstance(value, str) or not re.fullmatch(pattern, value):

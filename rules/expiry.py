@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rules.conditions import RuleError, get, no_extra, positive
+from rules.conditions import MAX_MONTHS, RuleError, get, no_extra, positive
 
 POLICIES = ("rolling", "end_of_year", "never")
 
@@ -37,10 +37,10 @@ def load_expiry(doc: Any, path: str) -> Expiry:
     policy = get(doc, "policy", path, str)
     if policy == "rolling":
         no_extra(doc, {"policy", "months"}, path)
-        return Expiry("rolling", months=positive(doc.get("months"), f"{path}.months"))
+        return Expiry("rolling", months=positive(doc.get("months"), f"{path}.months", MAX_MONTHS))
     if policy == "end_of_year":
         no_extra(doc, {"policy", "years"}, path)
-        return Expiry("end_of_year", months=0, years=positive(doc.get("years"), f"{path}.years"))
+        return Expiry("end_of_year", months=0, years=positive(doc.get("years"), f"{path}.years", MAX_MONTHS // 12))
     if policy == "never":
         no_extra(doc, {"policy"}, path)
         return Expiry("never", months=0)

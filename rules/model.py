@@ -18,14 +18,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from rules.catalogue import CAPS, EVENTS, ROUNDING, TYPES, VARIABLES
 from rules.conditions import (
     ID_RE,
+    MAX_MONTHS,
     Condition,
     RuleError,
     dump_condition,
     get,
+    integer,
     no_extra,
     non_negative,
     parse_condition,
     positive,
+    text,
 )
 from rules.expiry import Expiry, dump_expiry, load_expiry
 from rules.tiers import Ladder, Lifecycle, dump_ladder, dump_lifecycle, load_ladder, load_lifecycle
@@ -33,6 +36,8 @@ from rules.tiers import Ladder, Lifecycle, dump_ladder, dump_lifecycle, load_lad
 # \Z, not $: "$" also matches before a trailing newline, which let "2026.1\n" through.
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+#: A rule's reason is kept with every award it gives (point lots hold 200 characters).
+MAX_REASON = 200
 
 
 @dataclass(frozen=True)
@@ -220,13 +225,14 @@ def _rule(doc: Any, path: str) -> Rule:
     reason = get(doc, "reason", path, str)
     if not reason.strip():
         raise RuleError(f"{path}.reason", "must not be empty")
+    text(reason, f"{path}.reason", MAX_REASON)
     funding = get(doc, "funding_source", path, str, required=False, default="bank")
     if not ID_RE.match(funding):
         raise RuleError(f"{path}.funding_source", "must be 1-64 lower-case letters, digits, - or _")
     group = get(doc, "group", path, str, required=False)
     if group is not None and not ID_RE.match(group):
         raise RuleError(f"{path}.group", "must be 1-64 lower-case letters, digits, - or _")
-    priority = get(doc, "priority", path, int, required=False, default=100)
+    priority = integer(get(doc, "priority", path, int, required=False, default=100), f"{path}.priority")
     return Rule(
         id=rule_id,
         event=event,
@@ -309,7 +315,7 @@ def _expiry(doc: dict[str, Any]) -> Expiry:
     if "expiry" in doc and "expiry_months" in doc:
         raise RuleError("$.expiry_months", "give either expiry or expiry_months (rolling months), not both")
     if "expiry_months" in doc:
-        return Expiry("rolling", months=positive(doc["expiry_months"], "$.expiry_months"))
+        return Expiry("rolling", months=positive(doc["expiry_months"], "$.expiry_months", MAX_MONTHS))
     if "expiry" not in doc:
         raise RuleError("$.expiry", "is required: {\"policy\": \"rolling\", \"months\": 24}, end_of_year or never")
     return load_expiry(doc["expiry"], "$.expiry")

@@ -18,7 +18,17 @@ from functools import cached_property
 from typing import Any
 
 from rules.catalogue import METRICS, TIER_OPERATORS
-from rules.conditions import ID_RE, Condition, RuleError, dump_condition, get, no_extra, positive
+from rules.conditions import (
+    ID_RE,
+    MAX_DAYS,
+    MAX_MONTHS,
+    Condition,
+    RuleError,
+    dump_condition,
+    get,
+    no_extra,
+    positive,
+)
 from rules.conditions import parse_condition as condition
 from rules.expiry import Expiry, dump_expiry, load_expiry
 
@@ -318,8 +328,8 @@ def load_ladder(doc: Any, path: str = "$.tiers") -> Ladder:
         raise RuleError(f"{path}.digital_channels", "must be a list of channel names")
     return Ladder(
         tiers=tiers,
-        qualifying_months=positive(doc.get("qualifying_months", 12), f"{path}.qualifying_months"),
-        activity_days=positive(doc.get("activity_days", 90), f"{path}.activity_days"),
+        qualifying_months=positive(doc.get("qualifying_months", 12), f"{path}.qualifying_months", MAX_MONTHS),
+        activity_days=positive(doc.get("activity_days", 90), f"{path}.activity_days", MAX_DAYS),
         digital_channels=tuple(channels),
     )
 
@@ -331,7 +341,8 @@ def load_lifecycle(doc: Any, ladder: Ladder, path: str = "$.lifecycle") -> Lifec
     no_extra(doc, fields_, path)
     defaults = Lifecycle()
     numbers = {
-        k: positive(doc.get(k, getattr(defaults, k)), f"{path}.{k}") for k in sorted(fields_ - {"maturity_tiers"})
+        k: positive(doc.get(k, getattr(defaults, k)), f"{path}.{k}", MAX_DAYS if k.endswith("_days") else MAX_MONTHS)
+        for k in sorted(fields_ - {"maturity_tiers"})
     }
     if numbers["churn_months"] <= numbers["decline_months"]:
         raise RuleError(f"{path}.churn_months", "must be longer than decline_months")

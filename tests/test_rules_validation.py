@@ -343,6 +343,47 @@ def test_bad_rule(change: Callable[[dict[str, Any]], None], path: str, message: 
     assert message in err.message
 
 
+#: Numbers and texts past what the engine carries: a 64-bit column, the calendar, a lot's reason.
+BOUND_CASES = [
+    (set_at("expiry_months", value=1201), "$.expiry_months", "at most 1,200"),
+    (set_at("expiry_months", value=10**30), "$.expiry_months", "at most 1,200"),
+    (set_at("rules", 0, "action", "points", value=10**15 + 1), "$.rules[0].action.points", "at most 1,000,000,000"),
+    (set_at("rules", 0, "caps", "per_day", value=2**64), "$.rules[0].caps.per_day", "at most"),
+    (set_at("caps", "per_month", value=2**64), "$.caps.per_month", "at most"),
+    (set_at("rules", 0, "priority", value=-(2**63) - 1), "$.rules[0].priority", "from -1,000,000,000,000,000 to"),
+    (
+        set_at("rules", 0, "conditions", "all", 0, value={"var": "amount", "op": "gte", "value": 2**64}),
+        f"{COND}.value",
+        "from -1,000,000,000,000,000",
+    ),
+    (set_at("rules", 0, "reason", value="x" * 201), "$.rules[0].reason", "at most 200 characters"),
+    (set_at("rules", 0, "description", value="x" * 1001), "$.rules[0].description", "at most 1,000 characters"),
+    (set_at("description", value="x" * 1001), "$.description", "at most 1,000 characters"),
+    (set_at("lifecycle", value={"decline_months": 3, "churn_months": 1201}), "$.lifecycle.churn_months", "1,200"),
+    (set_at("lifecycle", value={"activation_days": 36_601}), "$.lifecycle.activation_days", "at most 36,600"),
+]
+
+
+@pytest.mark.parametrize(("change", "path", "message"), [pytest.param(ch, p, m, id=p) for ch, p, m in BOUND_CASES])
+def test_numbers_and_texts_past_what_the_engine_carries_are_refused(
+    change: Callable[[dict[str, Any]], None], path: str, message: str
+) -> None:
+    err = refuse(change)
+    assert err.path == path
+    assert message in err.message
+
+
+def test_numbers_and_texts_at_the_bounds_load() -> None:
+    doc = base()
+    doc["expiry_months"] = 1200
+    doc["rules"][0]["reason"] = "x" * 200
+    doc["rules"][0]["action"]["points"] = 10**15
+    doc["rules"][0]["priority"] = -(10**15)
+    doc["description"] = "x" * 1000
+    p = load_programme(doc)
+    assert (p.expiry.months, p.rules[0].reason, p.rules[0].action.points) == (1200, "x" * 200, 10**15)
+
+
 def test_caps_of_zero_are_allowed() -> None:
     doc = base()
     doc["rules"][0]["caps"] = {"per_transaction": 0, "per_day": 0, "per_month": 0}

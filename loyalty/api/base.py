@@ -21,6 +21,7 @@ from loyalty.errors import (
     Forbidden,
     LoyaltyError,
     MalformedRequest,
+    NotFound,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -28,6 +29,7 @@ from loyalty.errors import (
 )
 from loyalty.idempotency import Result, claim_key, request_hash
 from loyalty.runtime import Runtime
+from loyalty.validation import MAX_DEPTH, check_storable, nesting_depth, printable, text_fault
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,27 @@ def runtime() -> Runtime:
 
 
 def problem(err: LoyaltyError) -> Response:
-    return Response(json.dumps(err.problem(), ensure_ascii=False), status=err.status, mimetype=PROBLEM_JSON)
+    return Response(encode(err.problem()), status=err.status, mimetype=PROBLEM_JSON)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json", headers=headers)
+    return Response(encode(body), status=status, mimetype="application/json", headers=headers)
+
+
+def encode(body: Any) -> bytes:
+    """``body`` as UTF-8 JSON; text UTF-8 cannot encode (a lone surrogate echoed from a request)
+    is written as a ``\\uXXXX`` escape rather than failing the answer."""
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body).encode("ascii")
 
 
 def json_body() -> Any:
-    """The request's JSON body; refuses a wrong content type, bad JSON, an oversized body."""
+    """The request's JSON body; refuses a wrong content type, an oversized body, text that is not
+    UTF-8 JSON, nesting deeper than :data:`~loyalty.validation.MAX_DEPTH`, and strings or numbers
+    no database can store (:func:`~loyalty.validation.check_storable`)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("send the body as application/json", field="Content-Type")
     try:
@@ -59,9 +73,32 @@ def json_body() -> Any:
             f"the body exceeds {current_app.config['MAX_CONTENT_LENGTH']} bytes", field="body"
         ) from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MalformedRequest(f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}", field="body") from None
+    # Measured before parsing: the parser recurses once per level.
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise MalformedRequest(f"the body nests arrays and objects more than {MAX_DEPTH} deep", field="body")
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}", field="body") from None
+    check_storable(body)
+    return body
+
+
+@bp.before_request
+def refuse_unstorable_parameters() -> None:
+    """A path or query parameter holding a NUL (``%00``), which no query can carry to PostgreSQL:
+    in the path it names nothing (404), in the query it is a bad parameter (422); named either way."""
+    for name, value in (request.view_args or {}).items():
+        fault = text_fault(value) if isinstance(value, str) else None
+        if fault:
+            raise NotFound(f"{name} {fault}; nothing has such a name", field=name)
+    for name, value in request.args.items(multi=True):
+        fault = text_fault(name) or text_fault(value)
+        if fault:
+            raise ValidationError.one(printable(name), fault)
 
 
 def requires(*scopes: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
@@ -102,8 +139,8 @@ def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 200:
-        raise ValidationError.one("Idempotency-Key", "must be 1 to 200 characters")
+    if not 1 <= len(key) <= 200 or not key.isprintable():
+        raise ValidationError.one("Idempotency-Key", "must be 1 to 200 printable characters")
     return key
 
 

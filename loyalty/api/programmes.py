@@ -16,7 +16,7 @@ from loyalty.db import transaction
 from loyalty.errors import ValidationError
 from loyalty.idempotency import Result
 from loyalty.programmes import service
-from loyalty.validation import Base, StrictString, load
+from loyalty.validation import Base, StrictInteger, StrictString, load
 from rules import export_catalogue
 
 
@@ -25,7 +25,12 @@ def actor() -> str:
 
 
 def _document(body: Any) -> Any:
-    if not isinstance(body, dict) or "document" not in body:
+    if not isinstance(body, dict):
+        raise ValidationError.one("body", 'must be a JSON object: send the programme as {"document": {...}}')
+    unknown = sorted(set(body) - {"document"})
+    if unknown:
+        raise ValidationError({name: ['unknown field; the body is {"document": {...}}'] for name in unknown})
+    if "document" not in body:
         raise ValidationError.one("document", 'send the programme as {"document": {...}}')
     return body["document"]
 
@@ -127,7 +132,7 @@ class BacktestSchema(Base):
     document = fields.Dict(load_default=None, allow_none=True)
     start = fields.AwareDateTime(required=True, data_key="from")
     end = fields.AwareDateTime(required=True, data_key="to")
-    top = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
+    top = StrictInteger(load_default=10, validate=validate.Range(min=1, max=100))
 
 
 @bp.post("/rules/backtest")

@@ -97,7 +97,9 @@ def post_batch() -> Response:
         except LoyaltyError as err:
             problem = err.problem()
             if "field" in problem:
-                problem["field"] = f"transactions[{index}].{problem['field']}"
+                # "body" is the item itself: an item that is not an object.
+                name = problem["field"]
+                problem["field"] = f"transactions[{index}]" + ("" if name == "body" else f".{name}")
             results.append({"index": index, "status": err.status, "problem": problem})
     out = Result({"results": results})
     if key is not None:

@@ -1,0 +1,68 @@
+"""gunicorn's settings for serving the API (``make run`` uses them, and so can a deployment).
+
+Options on the command line (``--bind``, ``--workers``) override those set here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
+from gunicorn.workers.sync import SyncWorker
+
+from loyalty.errors import LoyaltyError, RequestHeadersTooLarge, RequestLineTooLong
+
+wsgi_app = "wsgi:app"
+timeout = 120
+accesslog = "-"
+
+# Request limits, far above the largest legitimate request: a request line (method, path and
+# query) is at most a few hundred bytes (ids are at most 64 characters, cursors about 40, the
+# longest query, GET /v1/events?types=..., under 300), and the longest header the API reads
+# is Idempotency-Key at 200 characters; a proxy in front adds a few of its own (forwarding,
+# tracing). Past a limit the client gets a problem+json 414 or 431 (ProblemWorker, below) and
+# the application never sees the request.
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
+
+class ProblemWorker(SyncWorker):
+    """gunicorn's sync worker, answering a request past the limits with problem+json, as the API
+    answers every other refusal, instead of with gunicorn's text/html page."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        error = self.problem(exc)
+        if error is None:
+            super().handle_error(req, client, addr, exc)
+            return
+        self.log.warning("Refused a request from %s: %s", (addr or ("",))[0], error.detail)
+        body = json.dumps(error.problem()).encode()
+        head = (
+            f"HTTP/1.1 {error.status} {error.title}\r\nConnection: close\r\n"
+            f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            util.write_nonblock(client, head.encode("ascii") + body)
+        except OSError:
+            self.log.debug("Failed to send error message.")
+
+    def problem(self, exc: BaseException) -> LoyaltyError | None:
+        cfg = self.cfg
+        if isinstance(exc, LimitRequestLine):
+            return RequestLineTooLong(
+                f"the request line (method, path and query) is longer than {cfg.limit_request_line} bytes"
+            )
+        if isinstance(exc, LimitRequestHeaders):
+            fields, size = cfg.limit_request_fields, cfg.limit_request_field_size
+            detail = {
+                "limit request headers fields": f"the request has more than {fields} headers",
+                "limit request headers fields size": f"a header line is longer than {size} bytes",
+            }.get(exc.msg, f"the headers are larger than {fields} lines of {size} bytes")
+            return RequestHeadersTooLarge(detail)
+        return None
+
+
+worker_class = ProblemWorker
