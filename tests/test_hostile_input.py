@@ -14,6 +14,7 @@ headers past its limits over a socket.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from loyalty.ledger import verify
 from loyalty.validation import MAX_DEPTH, check_storable, nesting_depth
 from rules import default_document
 from tests import contract
-from tests.conftest import START, TEST_SECRET_KEY
+from tests.conftest import START
 from tests.helpers import enrol, txn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,10 +201,10 @@ PATH_VARIANTS = [
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings(settings: Settings) -> Settings:
     """The suite's settings with the API key cache on, as on a node: the corpus sends thousands of
     requests with one key, and what it tests is not the key lookup."""
-    return Settings(database_url=database_url, api_key_cache_seconds=300, secret_key=TEST_SECRET_KEY)
+    return dataclasses.replace(settings, api_key_cache_seconds=300)
 
 
 @dataclass
@@ -316,7 +317,7 @@ TRANSACTION = txn("t9", "m1", channel="app", mcc="5411", merchant="Yonghui")
 DOCUMENT = (
     ("document",),
     ("document", "version"),
-    ("document", "expiry_months"),
+    ("document", "expiry", "months"),
     ("document", "caps", "per_day"),
     ("document", "rules"),
     ("document", "rules", 0, "reason"),
