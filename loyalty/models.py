@@ -5,6 +5,7 @@ from loyalty.auth.models import api_keys
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
+from loyalty.finance.reconciliation.models import reconciliation_lines, reconciliations
 from loyalty.idempotency import idempotency_keys
 from loyalty.jobs.models import job_runs
 from loyalty.ledger.models import (
@@ -48,4 +49,6 @@ __all__ = [
     "benefit_versions",
     "voucher_codes",
     "redemptions",
+    "reconciliations",
+    "reconciliation_lines",
 ]

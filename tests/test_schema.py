@@ -39,6 +39,8 @@ NOT_MEMBER_SCOPED = {
     "benefits": "the benefit catalogue: a reference table",
     "benefit_versions": "the catalogue's history",
     "voucher_codes": "a benefit's code pool, keyed by benefit; a code names its member once issued",
+    "reconciliations": "finance's record of a partner's statement, keyed by its own id",
+    "reconciliation_lines": "lines of a reconciliation, keyed by it; a line names our redemption's member",
 }
 
 
