@@ -482,3 +482,33 @@ def test_the_cli_reconciles_a_statement_file_and_exits_by_the_result(
     assert result.returncode == 2 and "partner" in result.stderr
     assert run("--partner", "telecom", "--format", "xlsx", str(good)).returncode == 2  # a workbook needs -o
     assert stored(runtime) == (3, 5, 3)
+
+
+def test_the_database_refuses_lines_that_contradict_their_category(client, clock, runtime, catalogue):
+    member(client, "m1")
+    redeem(client, "r1", "m1", "phone-credit-10")
+    delivered(client, clock, "r1", "TEL-1")
+    rid = reconcile(client, f"{HEADER}\nTEL-1,r1,985,2026-06-15\n").get_json()["reconciliation_id"]
+    line = {
+        "reconciliation_id": rid,
+        "category": "matched",
+        "redemption_id": "r2",
+        "statement_line": 3,
+        "partner_reference": "TEL-2",
+        "statement_date": dt.date(2026, 6, 15),
+        "statement_fen": 985,
+        "ours_fen": 985,
+    }
+    for seq, broken in (
+        (2, {"ours_fen": 990}),  # matched at different amounts
+        (3, {"category": "amount_mismatch"}),  # a mismatch at the same amount
+        (4, {"category": "missing_on_their_side"}),  # missing on their side, yet in the statement
+        (5, {"statement_date": None}),  # half a statement line
+        (6, {"statement_fen": -985, "ours_fen": -985}),
+        (7, {"redemption_id": "r1"}),  # r1 is on a line already
+    ):
+        with pytest.raises(sa.exc.IntegrityError), transaction(runtime.engine) as conn:
+            conn.execute(reconciliation_lines.insert().values(**{**line, "seq": seq, **broken}))
+    with transaction(runtime.engine) as conn:
+        conn.execute(reconciliation_lines.insert().values(**line, seq=2))  # the same line, consistent, is taken
+    assert stored(runtime) == (1, 2, 1)
