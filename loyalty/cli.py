@@ -556,3 +556,69 @@ def sandbox_partner(
         secret=secret or Settings.from_env().partner_secret, callback_url=callback_url, behaviour=behaviour
     )
     serve(host, port, sandbox)
+
+
+class Refused(click.ClickException):
+    """Input refused, nothing stored: exit 2 (1 is kept for a result with differences)."""
+
+    exit_code = 2
+
+
+def _cli_actor() -> str:
+    """Who runs a command, for the records it writes: ``cli:<login>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:100]
+    except (KeyError, OSError):
+        return "cli"
+
+
+@finance_group.command("reconcile")
+@click.option("--partner", required=True, help="the partner whose statement FILE is (a name in LOYALTY_PARTNERS)")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), help="first local date of the statement's period")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), help="last local date of the statement's period")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_FORMAT
+@_OUTPUT
+def finance_reconcile(
+    partner: str, start: dt.datetime | None, end: dt.datetime | None, file: Path, fmt: str, output: str | None
+) -> None:
+    """Reconcile a partner's statement FILE (CSV: partner_reference,redemption_id,amount_fen,date)
+    with the redemptions it fulfilled; store the result and print it, and its summary on stderr.
+    Without --from/--to the period is the statement's earliest to latest date. Exit 0 when every
+    line matches, 1 when there are differences, 2 when the file is refused (nothing is stored)."""
+    from loyalty.errors import ValidationError
+    from loyalty.finance.reconciliation import service, statement, tables
+
+    if fmt == "xlsx" and output is None:
+        raise click.BadParameter("an XLSX workbook needs --output FILE", param_hint="--output")
+    runtime = rt()
+    try:
+        prepared = statement.prepare(
+            partner,
+            file.read_bytes(),
+            known_partners=runtime.settings.partners,
+            start=None if start is None else start.date(),
+            end=None if end is None else end.date(),
+        )
+    except ValidationError as exc:
+        raise Refused(
+            f"{file}: refused, nothing stored:\n" + "\n".join(f"  {k}: {' '.join(v)}" for k, v in exc.errors.items())
+        ) from None
+    with transaction(runtime.engine) as conn:
+        report = service.reconcile(conn, prepared, zone=runtime.programme.zone, actor=_cli_actor(), now=runtime.now())
+    title = f"reconciliation-{report['partner']}-{report['from']}-{report['to']}"
+    _report_out(report, tables.reconciliation_table, fmt, output, title)
+    c = report["categories"]
+    click.echo(
+        f"reconciliation {report['reconciliation_id']} ({report['partner']}, {report['from']} to {report['to']}): "
+        f"{c['matched']['count']} matched, {c['missing_on_our_side']['count']} missing on our side, "
+        f"{c['missing_on_their_side']['count']} missing on their side, "
+        f"{c['amount_mismatch']['count']} amount mismatches; "
+        f"statement {report['statement']['total_fen']} fen, ours {report['ours']['total_fen']} fen, "
+        f"difference {report['difference_fen']} fen",
+        err=True,
+    )
+    if not report["reconciled"]:
+        sys.exit(1)

@@ -6,6 +6,7 @@ from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
 from loyalty.finance.models import frozen_reports, valuation_settings
+from loyalty.finance.reconciliation.models import reconciliation_lines, reconciliations
 from loyalty.idempotency import idempotency_keys
 from loyalty.jobs.models import job_runs
 from loyalty.ledger.models import (
@@ -53,4 +54,6 @@ __all__ = [
     "valuation_settings",
     "closed_periods",
     "frozen_reports",
+    "reconciliations",
+    "reconciliation_lines",
 ]

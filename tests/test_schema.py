@@ -43,6 +43,8 @@ NOT_MEMBER_SCOPED = {
     "valuation_settings": "reference table: finance's valuation inputs",
     "closed_periods": "finance's closed months: a small reference table",
     "frozen_reports": "a closed month's stored reports",
+    "reconciliations": "finance's record of a partner's statement, keyed by its own id",
+    "reconciliation_lines": "lines of a reconciliation, keyed by it; a line names our redemption's member",
 }
 
 

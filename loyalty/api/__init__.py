@@ -21,6 +21,7 @@ from loyalty.api import (  # noqa: F401  (registers the views)
     partners,
     profiles,
     programmes,
+    reconciliations,
     redemptions,
     tiers,
     transactions,

@@ -127,7 +127,8 @@ def render(table: Table, fmt: str, *, title: str) -> bytes:
         import xlsxwriter  # type: ignore[import-untyped]
 
         buffer = io.BytesIO()
-        book = xlsxwriter.Workbook(buffer, {"in_memory": True})
+        # text is text: a cell starting with "=" must never become a live formula
+        book = xlsxwriter.Workbook(buffer, {"in_memory": True, "strings_to_formulas": False})
         sheet = book.add_worksheet(title[:31])
         sheet.write_row(0, 0, header)
         for i, row in enumerate(rows, start=1):

@@ -46,4 +46,6 @@ redemptions = sa.Table(
     sa.CheckConstraint("quantity > 0 AND points >= 0", name="amounts"),
     sa.Index("ix_redemptions_status_next_attempt_at", "status", "next_attempt_at"),
     sa.Index("ix_redemptions_member_id_benefit_code_created_at", "member_id", "benefit_code", "created_at"),
+    #: a partner's deliveries in a period, for reconciliation with its statements
+    sa.Index("ix_redemptions_partner_fulfilled_at", "partner", "fulfilled_at"),
 )
