@@ -69,8 +69,8 @@ class Postgres:
     def __init__(self, url: str) -> None:
         self.url = url
         #: the URL tests rolled back are given: a database that does not exist
-        self.elsewhere = make_url(url).set(database=f"{make_url(url).database}_mark_committed").render_as_string(
-            hide_password=False
+        self.elsewhere = (
+            make_url(url).set(database=f"{make_url(url).database}_mark_committed").render_as_string(hide_password=False)
         )
         self.cleaner = sa.create_engine(url, poolclass=sa.pool.NullPool)
         self.empty()
