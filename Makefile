@@ -39,8 +39,11 @@ run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partn
 	trap 'kill $$scheduler $$sandbox 2>/dev/null; wait $$scheduler $$sandbox' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(BIN)/gunicorn --config gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS)
 
+# Test workers (pytest-xdist): each has its own PostgreSQL database; races run on one worker at a time.
+TEST_WORKERS ?= auto
+
 test: $(STAMP) ## run every test on SQLite and PostgreSQL
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP) ## ruff, mypy and the import contracts (layers point down, no cycles)
 	$(BIN)/ruff check loyalty rules tests bench migrations gunicorn.conf.py

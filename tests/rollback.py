@@ -102,8 +102,7 @@ class RolledBack:
     def _begin(self, pooled: Any) -> None:
         if self.thread != threading.get_ident():
             raise RuntimeError(
-                "the database of a test that is rolled back was used outside the test's thread: "
-                "mark the test committed"
+                "the database of a test that is rolled back was used outside the test's thread: mark the test committed"
             )
         name = f"test_transaction_{next(self.names)}"
         self._execute(f"SAVEPOINT {name}")

@@ -32,7 +32,7 @@ from tests.conftest import Clock, make_key
 from tests.helpers import txn
 
 #: Threads with connections of their own race each other: the data they race for is committed.
-pytestmark = [pytest.mark.postgres_only, pytest.mark.committed]
+pytestmark = [pytest.mark.postgres_only, pytest.mark.committed, pytest.mark.xdist_group("races")]
 
 WORKERS = 16
 REDEEMED = "redeemed:unspecified"

@@ -417,6 +417,7 @@ def test_a_redemption_claimed_but_never_sent_is_placed_by_the_next_run(rt, sandb
 
 
 @pytest.mark.postgres_only
+@pytest.mark.xdist_group("races")
 def test_overlapping_runs_place_each_order_once(rt, sandbox):
     sandbox.control(latency_ms=30)
     ids = [pending_redemption(rt, f"m{i % 8}", points=50) for i in range(40)]

@@ -269,6 +269,7 @@ def test_a_profile_that_qualifies_the_member_upgrades_them_at_once(client, engin
 
 @pytest.mark.postgres_only
 @pytest.mark.committed
+@pytest.mark.xdist_group("races")
 def test_profile_updates_and_imports_racing_bookings_neither_deadlock_nor_lose_writes(rt, tmp_path):  # noqa: F811
     """Profile writers lock the member's rows in the order bookings do, so a birth
     date update, an import and a booking of one member wait for each other in turn."""

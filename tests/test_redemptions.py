@@ -946,6 +946,7 @@ def outcomes(results: list[tuple[int, dict]]) -> Counter[str]:
 
 @pytest.mark.postgres_only
 @pytest.mark.committed
+@pytest.mark.xdist_group("races")
 def test_32_members_racing_for_the_last_unit_one_gets_it(rt):
     post = poster(rt)
     enrol_members(rt, *[f"m{i}" for i in range(WORKERS)])
@@ -959,6 +960,7 @@ def test_32_members_racing_for_the_last_unit_one_gets_it(rt):
 
 @pytest.mark.postgres_only
 @pytest.mark.committed
+@pytest.mark.xdist_group("races")
 def test_32_members_racing_for_three_codes_get_one_each(rt):
     post = poster(rt)
     enrol_members(rt, *[f"m{i}" for i in range(WORKERS)])
@@ -972,6 +974,7 @@ def test_32_members_racing_for_three_codes_get_one_each(rt):
 
 @pytest.mark.postgres_only
 @pytest.mark.committed
+@pytest.mark.xdist_group("races")
 def test_32_redemptions_against_one_balance_never_overdraw(rt):
     post = poster(rt)
     enrol_members(rt, "m1")  # 500 points
@@ -987,6 +990,7 @@ def test_32_redemptions_against_one_balance_never_overdraw(rt):
 
 @pytest.mark.postgres_only
 @pytest.mark.committed
+@pytest.mark.xdist_group("races")
 def test_a_member_racing_themselves_at_the_edge_of_a_monthly_limit_gets_one_more(rt):
     post = poster(rt)
     enrol_members(rt, "m1")
@@ -1003,6 +1007,7 @@ def test_a_member_racing_themselves_at_the_edge_of_a_monthly_limit_gets_one_more
 
 @pytest.mark.postgres_only
 @pytest.mark.committed
+@pytest.mark.xdist_group("races")
 def test_the_same_redemption_from_32_clients_redeems_once(rt):
     post = poster(rt)
     enrol_members(rt, "m1")

@@ -14,7 +14,7 @@ from loyalty.runtime import Runtime
 from tests.test_concurrency import assert_verified, book, enrol, race, rt  # noqa: F401  (fixture)
 
 #: Threads with connections of their own race each other: the data they race for is committed.
-pytestmark = [pytest.mark.postgres_only, pytest.mark.committed]
+pytestmark = [pytest.mark.postgres_only, pytest.mark.committed, pytest.mark.xdist_group("races")]
 
 MEMBERS = 60
 

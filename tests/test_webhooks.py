@@ -681,6 +681,7 @@ def test_a_dead_delivery_no_longer_holds_back_the_members_next_event(client, run
 
 
 @pytest.mark.committed
+@pytest.mark.xdist_group("races")
 def test_overlapping_runs_send_each_delivery_once(client, runtime, clock, receiver, monkeypatch):
     """Four runs at once, fanning out in small chunks: each event is queued once and sent once,
     each member's in order."""
