@@ -442,6 +442,7 @@ def test_the_statement_parser_reads_what_spreadsheets_write():
 # ---- the command line -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.committed
 def test_the_cli_reconciles_a_statement_file_and_exits_by_the_result(
     database_url, client, clock, runtime, catalogue, tmp_path
 ):
