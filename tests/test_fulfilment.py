@@ -492,6 +492,8 @@ def test_a_callback_after_a_processing_answer_settles_the_redemption(rt, sandbox
     assert "1 unconfirmed" in run(rt)["detail"]
     eventually("the callback to settle the redemption", lambda: redemption(rt, rid).status != "pending")
     assert redemption(rt, rid).status == "fulfilled"
+    # the sandbox records the engine's answer once it has read it, a moment after the engine committed
+    eventually("the sandbox to record the callback's answer", lambda: sandbox.orders()[rid]["callbacks"])
     assert sandbox.orders()[rid]["callbacks"] == [200]
     assert run(rt, rt.now() + dt.timedelta(days=1))["rows"] == 0
     assert_all_settled(rt, sandbox)

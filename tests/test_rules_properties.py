@@ -406,7 +406,7 @@ def test_generated_cases_reach_every_feature() -> None:
         if "op" in c:
             seen["op:" + c["op"]] += 1
 
-    @settings(max_examples=200, derandomize=True, **SETTINGS)  # the same examples every run: never flaky
+    @settings(max_examples=500, derandomize=True, **SETTINGS)  # the same examples every run: never flaky
     @given(doc=PROGRAMMES, events=EVENTS)
     def collect(doc: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> None:
         p = load_programme(doc)
