@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from loyalty import logmask
 from loyalty.catalogue.models import FULFILMENTS, STATUSES
+from loyalty.config import Settings
 from loyalty.db import transaction
 from loyalty.runtime import Runtime, make_runtime
 from loyalty.sandbox.partner import CALLBACK_MODES, DEFAULT_CALLBACK_URL
@@ -18,13 +20,20 @@ from loyalty.sandbox.partner import CALLBACK_MODES, DEFAULT_CALLBACK_URL
 @click.group()
 def main() -> None:
     """loyalty: the points and benefits engine. Settings come from LOYALTY_* variables."""
+    # No log line of any command shows a phone number or a voucher code.
+    logmask.install()
 
 
 def rt() -> Runtime:
     ctx = click.get_current_context()
     root = ctx.find_root()
     if root.obj is None:
-        root.obj = make_runtime()
+        try:
+            settings = Settings.from_env()
+        except ValueError as exc:
+            # A setting the service must not start with: say which, and stop.
+            raise click.ClickException(f"configuration: {exc}") from None
+        root.obj = make_runtime(settings)
     return root.obj  # type: ignore[no-any-return]
 
 
@@ -480,6 +489,27 @@ def finance_breakage(as_of: dt.datetime | None, fmt: str, output: str | None) ->
     _report_out(report, export.breakage_table, fmt, output, "breakage")
 
 
+@main.group("webhooks")
+def webhooks_group() -> None:
+    """Webhook subscriptions."""
+
+
+@webhooks_group.command("seal-secrets")
+def webhooks_seal_secrets() -> None:
+    """Seal the signing secrets of subscriptions made before secrets were sealed, still stored in clear.
+    Needs LOYALTY_SECRET_KEY; the webhooks job does the same on its first run with the key."""
+    from loyalty.errors import LoyaltyError
+    from loyalty.events.webhooks import seal_legacy_secrets, secret_sealer
+
+    try:
+        box = secret_sealer(rt().settings.secret_key)
+    except LoyaltyError as exc:
+        raise click.ClickException(exc.detail) from None
+    with transaction(rt().engine) as conn:
+        sealed = seal_legacy_secrets(conn, box)
+    click.echo(f"sealed {sealed} webhook secrets stored in clear" if sealed else "no webhook secret is stored in clear")
+
+
 @main.command("sandbox-partner")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -540,7 +570,6 @@ def sandbox_partner(
 ) -> None:
     """Run the sandbox partner: a telecom top-up and a video-membership provider for development
     and tests. Change its behaviour while it runs with POST /_control (see the README)."""
-    from loyalty.config import Settings
     from loyalty.sandbox.partner import Behaviour, Sandbox, serve
 
     behaviour = Behaviour(

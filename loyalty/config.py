@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from loyalty.ledger.service import CLAWBACK_POLICIES
 
@@ -71,7 +73,8 @@ class Settings:
     #: fulfilment partners: name -> base URL of its API. A name starts with its kind (``telecom``,
     #: ``video``, or ``telecom-...``), which chooses the adapter that speaks to it.
     partners: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PARTNERS))
-    #: the key requests to partners and partners' callbacks are signed with ...
+    #: the key requests to partners and partners' callbacks are signed with (the published development
+    #: key by default, which is refused for a partner that is not on the loopback interface) ...
     partner_secret: str = DEV_PARTNER_SECRET
     #: ... unless the partner has its own here (``LOYALTY_PARTNER_SECRET_<NAME>``)
     partner_secrets: dict[str, str] = field(default_factory=dict)
@@ -120,6 +123,15 @@ class Settings:
             if len(secret) < MIN_SECRET_LENGTH:
                 var = f"LOYALTY_PARTNER_SECRET_{env_suffix(partner)}" if partner else "LOYALTY_PARTNER_SECRET"
                 raise ValueError(f"{var} must be at least {MIN_SECRET_LENGTH} characters")
+        for partner, url in self.partners.items():
+            # The development key is published: anyone could sign a callback with it. It is
+            # tolerated only for a partner on this machine's loopback interface (the sandbox).
+            if self.partner_secret_for(partner) == DEV_PARTNER_SECRET and not on_loopback(url):
+                raise ValueError(
+                    f"LOYALTY_PARTNER_SECRET_{env_suffix(partner)} or LOYALTY_PARTNER_SECRET must be set: "
+                    f"partner {partner!r} at {urlsplit(url).hostname} is not on the loopback interface, and "
+                    "the default key is published in the source, so anyone could sign its callbacks"
+                )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -197,6 +209,18 @@ def parse_partners(text: str) -> dict[str, str]:
 def partner_kind(name: str) -> str:
     """A partner's kind is its name up to the first ``-``: ``telecom-cmcc`` is a ``telecom`` partner."""
     return name.split("-", 1)[0]
+
+
+def on_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine's loopback interface: ``localhost``, 127.0.0.0/8 or ``[::1]``.
+    Any other host, a name that merely resolves to loopback included, is taken to be elsewhere."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def env_suffix(partner: str) -> str:

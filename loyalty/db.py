@@ -62,7 +62,12 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     SQLite runs in WAL mode with a busy timeout and starts every transaction
     with ``BEGIN IMMEDIATE``, so concurrent writers queue instead of failing
     on a lock upgrade.
+
+    A failed statement's parameters (phone numbers, digests, sealed codes)
+    are left out of the exception's text (``hide_parameters``), so logging
+    the error never logs them.
     """
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

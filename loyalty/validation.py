@@ -14,6 +14,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from itertools import accumulate
 from typing import Any
 
@@ -31,6 +32,19 @@ ID = validate.And(
 )
 
 
+def json_number(literal: str) -> int | float:
+    """A JSON number written with a fraction or an exponent (``json.loads``' ``parse_float``).
+
+    JSON Schema counts ``5.0`` and ``5e2`` as integers, and so does the API: they become
+    ``int``, read exactly (``Decimal``, not through a float). Any other stays a float, which
+    every integer field refuses."""
+    exact = Decimal(literal)
+    # Past 10**18 no field takes it: it stays a float rather than becoming an int of any size.
+    if exact.is_finite() and exact.adjusted() < 18 and exact == exact.to_integral_value():
+        return int(exact)
+    return float(literal)
+
+
 class StrictInteger(fields.Integer):
     """An integer that refuses booleans, floats and numeric strings."""
 
@@ -41,9 +55,15 @@ class StrictInteger(fields.Integer):
 
 
 class StrictString(fields.String):
+    """A string, never a number or a boolean; without NUL, which no text column can store."""
+
+    default_error_messages = {"nul": "must not contain the NUL character (U+0000)"}
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if not isinstance(value, str):
             raise self.make_error("invalid")
+        if "\x00" in value:
+            raise self.make_error("nul")
         return value
 
 

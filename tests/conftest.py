@@ -36,6 +36,7 @@ from loyalty.migrate import upgrade
 from loyalty.programmes.service import ProgrammeStore, installed
 from loyalty.runtime import Runtime
 from tests.contract import ContractClient
+from tests.live import LiveServer, fresh_database, live_server
 from tests.rollback import RolledBack
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -283,3 +284,11 @@ def _forget_closed_periods() -> None:
     """Each test reads the closed periods of its own database afresh (the ledger caches them per
     database URL, and tests reuse one PostgreSQL database)."""
     forget_closed_periods()
+
+
+@pytest.fixture
+def live(backend: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """The real application under gunicorn, over HTTP on a loopback port, with a fresh database of
+    its own: the default programme and catalogue, demo voucher codes, an API key of every scope."""
+    with fresh_database(backend, tmp_path) as url, live_server(url, tmp_path) as server:
+        yield server

@@ -9,14 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
+from ruamel.yaml import YAML
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 
+def load_yaml(text: str) -> Any:
+    """YAML 1.2, strictly: a duplicate key is an error, as it is for client generators and
+    strict parsers (PyYAML keeps the last one silently)."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
 @lru_cache(maxsize=1)
 def spec() -> dict[str, Any]:
-    return yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return load_yaml(SPEC_PATH.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=1)

@@ -37,7 +37,8 @@ class RolledBack:
     transaction on it that is rolled back (see the module's documentation)."""
 
     def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url, poolclass=sa.pool.StaticPool)
+        # hide_parameters as loyalty.db.make_engine sets it: what the service logs, tests log
+        self.engine = sa.create_engine(url, poolclass=sa.pool.StaticPool, hide_parameters=True)
         with self.engine.connect() as conn:  # the dialect initialises itself on this first connection
             self.raw = conn.connection.dbapi_connection
             self.deferred = list(

@@ -44,6 +44,7 @@ BAD_TRANSACTIONS = [
     ("empty transaction_id", txn(transaction_id=""), "transaction_id"),
     ("transaction_id too long", txn(transaction_id="x" * 65), "transaction_id"),
     ("transaction_id with spaces", txn(transaction_id="a b"), "transaction_id"),
+    ("transaction_id batch, the batch endpoint's", txn(transaction_id="batch"), "transaction_id"),
     ("occurred_at not a date", txn(occurred_at="yesterday"), "occurred_at"),
     ("occurred_at without offset", txn(occurred_at="2026-06-15T09:00:00"), "occurred_at"),
     ("occurred_at 6 minutes ahead", txn(occurred_at=(START + dt.timedelta(minutes=6)).isoformat()), "occurred_at"),
@@ -150,7 +151,19 @@ def test_bad_enrolment_is_refused(client, engine, body, field):
 
 
 @pytest.mark.parametrize(
-    ("query", "field"), [("limit=0", "limit"), ("limit=201", "limit"), ("limit=x", "limit"), ("cursor=-1", "cursor")]
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=x", "limit"),
+        ("limit=", "limit"),
+        ("cursor=-1", "cursor"),
+        ("cursor=", "cursor"),
+        ("cursor=0", "cursor"),
+        ("cursor=01", "cursor"),
+        ("cursor=1000000000", "cursor"),
+        ("cursor=1.5", "cursor"),
+    ],
 )
 def test_bad_statement_paging_is_refused(client, query, field):
     enrol(client)
@@ -210,3 +223,77 @@ def test_a_limit_in_unicode_digits_is_a_422_not_a_500(client):
         r = client.get(f"/v1/members/m1/entries?limit={raw}")
         assert r.status_code == 422, raw
         assert r.get_json()["field"] == "limit"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/benefits?status=",
+        "/v1/jobs/runs?job=",
+        "/v1/jobs/runs?cursor=",
+        "/v1/webhooks/w1/deliveries?status=",
+        "/v1/audit?object_type=",
+        "/v1/audit?object_id=",
+        "/v1/members/m1/history?limit=",
+        "/v1/events?after=",
+    ],
+)
+def test_an_empty_query_parameter_is_refused_naming_it(client, path):
+    """``?status=`` is not taken for "no status": a client's empty value is a mistake, said so."""
+    enrol(client)
+    r = client.get(path)
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["field"] == path.split("?")[1].split("=")[0]
+    assert "empty" in r.get_json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("TRACE", "/health", "GET, HEAD, OPTIONS"),
+        ("DELETE", "/v1/members", "OPTIONS, POST"),
+        ("PATCH", "/v1/members/m1/tier-override", "DELETE, OPTIONS, PUT"),
+        ("PUT", "/v1/transactions/t1", "GET, HEAD, OPTIONS"),
+        ("GET", "/v1/transactions/batch", "OPTIONS, POST"),  # not a transaction: the batch endpoint
+    ],
+)
+def test_a_method_the_path_does_not_have_is_405_naming_the_ones_it_has(app, client, method, path, allow):
+    r = app.test_client().open(path, method=method, headers={"Authorization": f"Bearer {client.api_key}"})
+    assert r.status_code == 405
+    assert r.headers["Allow"] == allow
+    assert r.content_type == "application/problem+json"
+    assert r.get_json()["type"] == "/problems/method_not_allowed"
+
+
+def test_an_integer_written_with_a_fraction_or_an_exponent_is_an_integer(client, engine):
+    """JSON Schema counts 10000.0 and 1e4 as the integer 10000, and so does the API; 100.5 stays refused."""
+    enrol(client)
+    body = json.dumps(txn("f1", amount=0)).replace('"amount": 0', '"amount": 10000.0')
+    r = client.post("/v1/transactions", data=body, content_type="application/json")
+    assert (r.status_code, r.get_json()["amount"], r.get_json()["points"]) == (201, 10_000, 100)
+    body = json.dumps(txn("f2", amount=0)).replace('"amount": 0', '"amount": 1e4')
+    assert client.post("/v1/transactions", data=body, content_type="application/json").get_json()["amount"] == 10_000
+    huge = json.dumps(txn("f3", amount=0)).replace('"amount": 0', '"amount": 1e999999999')
+    r = client.post("/v1/transactions", data=huge, content_type="application/json")
+    assert (r.status_code, r.get_json()["field"]) == (422, "amount")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT amount FROM transactions ORDER BY transaction_id")).scalars().all() == [
+            10_000,
+            10_000,
+        ]
+
+
+def test_the_nul_character_is_refused_where_no_text_column_could_store_it(client, engine):
+    """PostgreSQL text holds no U+0000: a body field with it is a 422 naming it, a path naming it is
+    not found, a query parameter with it a 422; never a 500, on either database."""
+    enrol(client)
+    before = snapshot(engine)
+    r = client.post("/v1/transactions", json=txn("n1", channel="app\x00"))
+    assert (r.status_code, r.get_json()["field"]) == (422, "channel")
+    r = client.post("/v1/webhooks", json={"url": "https://example.com/hook", "secret": "s" * 16 + "\x00"})
+    assert (r.status_code, r.get_json()["field"]) == (422, "secret")
+    r = client.get("/v1/members/m%00")
+    assert (r.status_code, r.get_json()["field"]) == (404, "member_id")
+    r = client.get("/v1/audit?object_type=benefit%00")
+    assert (r.status_code, r.get_json()["field"]) == (422, "object_type")
+    assert snapshot(engine) == before

@@ -177,7 +177,7 @@ def test_refund_after_spend_leaves_negative_balance_on_statement(client, engine,
     assert r.get_json()["points_reversed"] == 1000
     assert r.get_json()["balance"] == -900
     member = client.get("/v1/members/m1").get_json()
-    assert (member["balance"], member["available"]) == (-900, 0)
+    assert (member["balance"], member["held"], member["available"]) == (-900, 0, -900)
     lines = client.get("/v1/members/m1/entries").get_json()["entries"]
     assert lines[0]["kind"] == "reversal" and lines[0]["balance_after"] == -900
     assert_verified(engine)
@@ -199,7 +199,8 @@ def test_available_policy_claws_back_only_what_is_left(available_policy, client,
         ledger.hold(conn, "m1", "h1", 1_400, capture_account="redeemed:unspecified", now=runtime.now())
     r = client.post("/v1/transactions/t1/reversals", json={"reversal_id": "r1", "amount": 100_000})
     body = r.get_json()
-    assert (body["points_due"], body["points_reversed"], body["balance"]) == (1000, 100, 0)
+    # 100 were available; the 1,400 held stay held, and in the balance.
+    assert (body["points_due"], body["points_reversed"], body["balance"]) == (1000, 100, 1_400)
     assert_verified(engine)
 
 
@@ -211,8 +212,12 @@ def test_batch_books_each_item_on_its_own_in_order(client, engine):
     results = r.get_json()["results"]
     assert [x["status"] for x in results] == [201, 422, 422, 200, 201]
     assert [x["index"] for x in results] == [0, 1, 2, 3, 4]
-    assert results[1]["problem"]["field"] == "transactions[1].amount"
-    assert results[2]["problem"]["field"] == "transactions[2].member_id"
+    # An item's problem names its field one way, within the item, in `field` and in `errors` alike.
+    assert results[1]["problem"]["field"] == "amount"
+    assert [e["field"] for e in results[1]["problem"]["errors"]] == ["amount"]
+    assert results[2]["problem"]["field"] == "member_id"
+    alone = client.post("/v1/transactions", json=txn("b2", amount=-5))
+    assert results[1]["problem"] == alone.get_json(), "the problem POST /v1/transactions gives the item alone"
     assert results[3]["result"] == results[0]["result"]
     assert count(engine, "transactions") == 2
     assert_verified(engine)
@@ -230,6 +235,21 @@ def test_batch_with_idempotency_key_replays_whole_answer(client, engine):
     )
     assert other.status_code == 409
     assert count(engine, "transactions") == 2
+
+
+def test_a_batch_item_that_is_not_a_transaction_gets_its_own_problem(client, engine):
+    """The spec leaves items unconstrained: null, a number or a list is a bad item, not a bad batch."""
+    enrol(client)
+    r = client.post("/v1/transactions/batch", json={"transactions": [None, 5, ["x"], txn("b1")]})
+    assert r.status_code == 200
+    results = r.get_json()["results"]
+    assert [(x["status"], x.get("problem", {}).get("field")) for x in results] == [
+        (422, "body"),
+        (422, "body"),
+        (422, "body"),
+        (201, None),
+    ]
+    assert count(engine, "transactions") == 1
 
 
 def test_batch_refuses_more_than_a_thousand_items(client):

@@ -469,6 +469,12 @@ def faults_of(
     return faults
 
 
+def within_item(name: str) -> str:
+    """``transactions[0].amount`` as the item's own problem names it: ``amount``; the item itself: ``body``."""
+    inner = re.sub(r"^transactions(\[0\]|\.0)\.?", "", name)
+    return inner or "body"
+
+
 def batch_faults(response: Any, case: Case) -> list[str]:
     """A batch refuses a bad body whole, or answers 200 with its one item refused, naming the field."""
     if response.status_code != 200:
@@ -477,6 +483,9 @@ def batch_faults(response: Any, case: Case) -> list[str]:
     if not 400 <= item["status"] < 500:
         return [f"{case.name}: item answered {item['status']}"]
     names = (case.field,) if isinstance(case.field, str) else case.field
+    if names is not None:
+        # an item's problem names its fields within the item, as POST /v1/transactions would alone
+        names = tuple(within_item(name) for name in names)
     if names is not None and item["problem"].get("field") not in names:
         return [f"{case.name}: item names {item['problem'].get('field')!r}, wanted {names!r}"]
     return []

@@ -160,6 +160,36 @@ def test_import_refuses_a_file_without_the_columns(members, runtime, tmp_path):
     assert "lacks transaction_id" in result.output
 
 
+def test_optional_columns_may_be_left_out_of_the_file(members, run_import, client, engine, tmp_path):
+    """channel, mcc and merchant are optional in the API; a file may leave their columns out."""
+    path = tmp_path / "eod.csv"
+    path.write_text(
+        "member_id,transaction_id,type,amount,currency,occurred_at,channel\n"
+        f"m1,o1,card_purchase,10000,CNY,{WHEN},app\n"
+        f"m2,o2,card_purchase,20000,CNY,{WHEN},\n"
+        f"m3,o3,card_purchase,-1,CNY,{WHEN},app\n",
+        encoding="utf-8",
+    )
+    result = run_import(path)
+    assert result.exit_code == 0, result.output
+    assert "posted 2, replayed 0, rejected 1" in result.output
+    assert balances(engine) == {"m1": 600, "m2": 700, "m3": 500}
+    booked = client.get("/v1/transactions/o1").get_json()
+    assert (booked["points"], booked["amount"]) == (100, 10_000)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT channel, mcc, merchant FROM transactions ORDER BY transaction_id")).all()
+    assert [tuple(r) for r in stored] == [("app", None, None), (None, None, None)]
+    rejects = list(csv.DictReader((tmp_path / "eod.csv.rejects.csv").read_text(encoding="utf-8").splitlines()))
+    assert [(r["line"], r["transaction_id"], r["merchant"]) for r in rejects] == [("4", "o3", "")]
+    assert_verified(engine)
+
+    missing = tmp_path / "no-member.csv"
+    missing.write_text(f"transaction_id,type,amount,currency,occurred_at\no4,card_purchase,1,CNY,{WHEN}\n")
+    refused = run_import(missing)
+    assert refused.exit_code == 2
+    assert "lacks member_id" in refused.output
+
+
 def test_import_awards_exactly_what_the_api_would(members, run_import, runtime, engine, tmp_path):
     """Rules see the same member facts in bulk as one at a time: first-of-type
     bonuses, monthly counts and daily caps carry across chunks."""

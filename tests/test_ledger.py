@@ -595,7 +595,7 @@ def test_negative_balance_blocks_spending(books):
     with pytest.raises(InsufficientPoints):
         books.hold("h2", 1)
     _, view = books.enrol()
-    assert (view["balance"], view["available"]) == (-100, 0)
+    assert (view["balance"], view["held"], view["available"]) == (-100, 0, -100)
     books.assert_verified()
 
 
@@ -771,14 +771,21 @@ def test_statement_numbers_entries_and_chains_balances(books, runtime, clock):
     kinds = ["bonus", "accrual", "hold", "capture", "reversal", "accrual", "hold", "void"]
     assert [e["kind"] for e in entries] == kinds
     assert [e["seq"] for e in entries] == list(range(1, 9))
-    assert [e["balance_after"] for e in entries] == [500, 623, 23, 23, -100, 200, 150, 200]
+    # The balance counts held points: a hold moves points from available to held, a capture spends them.
+    assert [e["points"] for e in entries] == [500, 123, 0, -600, -123, 300, 0, 0]
+    assert [e["balance_after"] for e in entries] == [500, 623, 623, 23, -100, 200, 200, 200]
+    assert [e["held_after"] for e in entries] == [0, 0, 600, 0, 0, 0, 50, 0]
+    assert [e["available_after"] for e in entries] == [500, 623, 23, 23, -100, 200, 150, 200]
     previous = 0
     for e in entries:
         assert e["balance_after"] == previous + e["points"]
+        assert e["available_after"] == e["balance_after"] - e["held_after"]
         previous = e["balance_after"]
     assert previous == books.balance()
     assert page["next_cursor"] is None
     assert [e["seq"] for e in older["entries"]] == [5, 4, 3]
+    assert [e["held_after"] for e in older["entries"]] == [0, 0, 600], "a page counts what was held before it"
+    assert older["entries"] == page["entries"][3:6]
     assert older["next_cursor"] == "3"
     assert entries[3]["related_entry_id"] == entries[2]["entry_id"]
     assert entries[7]["related_entry_id"] == entries[6]["entry_id"]

@@ -130,9 +130,11 @@ def refused(r: Any, code: str, status: int = 422) -> dict:
     return problem  # type: ignore[no-any-return]
 
 
-def balance(client: ContractClient, member_id: str = "m1") -> tuple[int, int]:
+def available_held(client: ContractClient, member_id: str = "m1") -> tuple[int, int]:
+    """The member's available and held points; their balance owns both."""
     body = client.get(f"/v1/members/{member_id}").get_json()
-    return body["balance"], body["held"]
+    assert body["balance"] == body["available"] + body["held"]
+    return body["available"], body["held"]
 
 
 def rows(rt: Runtime, query: Any) -> list[tuple]:
@@ -195,7 +197,7 @@ def test_a_bank_benefit_is_redeemed_at_the_tier_price_and_settled_at_once(client
     }
     assert body["voucher_codes"] == []
     assert body["fulfilled_at"] == START.isoformat().replace("+00:00", "Z")
-    assert balance(client) == (100, 0)
+    assert available_held(client) == (100, 0)
     # Held, then captured to the benefit's own redeemed account.
     assert rows(runtime, sa.select(holds.c.id, holds.c.points, holds.c.status)) == [("r1", 400, "captured")]
     assert rows(runtime, sa.select(postings.c.amount).where(postings.c.account == "redeemed:b1")) == [(400,)]
@@ -245,7 +247,7 @@ def test_an_entitlement_is_free_within_its_quota_and_the_quota_resets_with_the_l
     first = redeem(client, "r1", benefit_code="lounge").get_json()
     assert (first["entitlement"], first["points"], first["status"]) == (True, 0, "fulfilled")
     assert redeem(client, "r2", benefit_code="lounge").status_code == 201
-    assert balance(client) == (500, 0)
+    assert available_held(client) == (500, 0)
     assert rows(runtime, sa.select(holds.c.id)) == []  # no points, no hold
     problem = refused(redeem(client, "r3", benefit_code="lounge"), "limit_reached")
     assert (problem["period"], problem["limit"], problem["remaining"]) == ("month", 2, 0)
@@ -257,7 +259,7 @@ def test_an_entitlement_is_free_within_its_quota_and_the_quota_resets_with_the_l
 def test_past_the_quota_the_tier_price_applies_to_every_unit(client, runtime, clock):
     enrol(client)
     add_benefit(runtime, points_price=100, entitlements={"basic": {"quota": 1, "period": "day"}})
-    assert (redeem(client, "r1").get_json()["points"], balance(client)) == (0, (500, 0))
+    assert (redeem(client, "r1").get_json()["points"], available_held(client)) == (0, (500, 0))
     second = redeem(client, "r2").get_json()
     assert (second["entitlement"], second["points"]) == (False, 100)
     clock.now = dt.datetime(2026, 6, 15, 16, 5, tzinfo=dt.UTC)  # the next local day
@@ -265,7 +267,7 @@ def test_past_the_quota_the_tier_price_applies_to_every_unit(client, runtime, cl
     third = redeem(client, "r3", quantity=2).get_json()
     assert (third["entitlement"], third["points"]) == (False, 200)
     assert redeem(client, "r4").get_json()["entitlement"] is True
-    assert balance(client) == (200, 0)
+    assert available_held(client) == (200, 0)
 
 
 def test_a_failed_or_cancelled_entitlement_gives_its_quota_back(client, runtime):
@@ -295,7 +297,7 @@ def test_personal_limits_count_local_days_and_months(client, runtime, clock):
     assert (problem["period"], problem["remaining"]) == ("month", 0)
     clock.now = dt.datetime(2026, 6, 30, 16, 30, tzinfo=dt.UTC)  # 1 July in Shanghai
     assert redeem(client, "r3").status_code == 201
-    assert balance(client) == (1_200, 0)
+    assert available_held(client) == (1_200, 0)
 
 
 def test_a_quantity_beyond_the_limit_is_refused_whole(client, runtime):
@@ -423,7 +425,7 @@ def test_held_points_are_not_available_to_another_redemption(client, runtime):
     enrol(client)
     add_benefit(runtime, "topup", kind="phone_credit", fulfilment="partner", partner="carrier", points_price=400)
     assert redeem(client, "p1", benefit_code="topup", delivery={"phone_number": "13800138000"}).status_code == 201
-    assert balance(client) == (100, 400)
+    assert available_held(client) == (100, 400)
     refused(redeem(client, "p2", benefit_code="topup", delivery={"phone_number": "13800138000"}), "insufficient_points")
 
 
@@ -479,13 +481,13 @@ def test_a_partner_redemption_waits_for_the_fulfilment_job_and_keeps_its_deliver
         == START + dt.timedelta(seconds=settings.fulfilment_deadline_seconds)
         == START + dt.timedelta(minutes=10)
     )
-    assert balance(client) == (400, 100) and stock(runtime, "topup") == 4
+    assert available_held(client) == (400, 100) and stock(runtime, "topup") == 4
     # What the fulfilment job does once the partner answers.
     with transaction(runtime.engine) as conn:
         assert states.fulfilled(conn, "m1", "r1", reference="CARRIER-77", now=runtime.now())
     done = client.get("/v1/redemptions/r1").get_json()
     assert (done["status"], done["reference"], done["settled"]) == ("fulfilled", "CARRIER-77", True)
-    assert balance(client) == (400, 0)
+    assert available_held(client) == (400, 0)
 
 
 def test_a_failed_partner_redemption_gives_points_and_stock_back(client, runtime):
@@ -501,7 +503,7 @@ def test_a_failed_partner_redemption_gives_points_and_stock_back(client, runtime
         "account unknown to the partner",
         False,
     )
-    assert balance(client) == (500, 0) and stock(runtime, "vip") == 5 and lots(runtime) == lots_before
+    assert available_held(client) == (500, 0) and stock(runtime, "vip") == 5 and lots(runtime) == lots_before
     assert refused(client.post("/v1/redemptions/r1/cancel"), "not_cancellable", 409)["reason"] == "failed"
 
 
@@ -548,7 +550,38 @@ def test_voucher_codes_are_shown_to_the_redeemer_and_stored_only_sealed(client, 
     )
     assert (again.status_code, again.headers["Idempotent-Replayed"]) == (201, "true")
     assert again.get_json() == body
-    assert stock(runtime, "coffee") == 1 and balance(client) == (400, 0)
+    assert stock(runtime, "coffee") == 1 and available_held(client) == (400, 0)
+
+
+def test_a_read_only_key_learns_that_codes_exist_but_never_their_text(client, runtime, app):
+    enrol(client)
+    add_benefit(runtime, "coffee", fulfilment="pool", points_price=50)
+    add_codes(runtime, "coffee", "COFFEE-0001", "COFFEE-0002", "COFFEE-0003")
+    body = redeem(client, benefit_code="coffee", quantity=2).get_json()
+    shown = body["voucher_codes"]
+    reader = ContractClient(app.test_client(), make_key(runtime, "read"))
+    seen = reader.get("/v1/redemptions/r1")
+    assert seen.status_code == 200
+    assert not any(code in seen.get_data(as_text=True) for code in ("COFFEE-0001", "COFFEE-0002", "COFFEE-0003"))
+    answer = seen.get_json()
+    assert (answer["voucher_count"], answer["voucher_codes"], answer["status"]) == (2, None, "fulfilled")
+    assert body["voucher_count"] == 2 and len(shown) == 2
+    # The channel acting for the member, with `redeem`, sees them; so does a key with both scopes.
+    for scopes in (("redeem",), ("read", "redeem")):
+        redeemer = ContractClient(app.test_client(), make_key(runtime, *scopes))
+        assert redeemer.get("/v1/redemptions/r1").get_json()["voucher_codes"] == shown
+    # A benefit without codes: none to count, nothing hidden.
+    add_benefit(runtime, "lounge")
+    redeem(client, "r2", benefit_code="lounge")
+    other = reader.get("/v1/redemptions/r2").get_json()
+    assert (other["voucher_count"], other["voucher_codes"]) == (0, None)
+    # Once cancelled, the codes are back in the pool: none issued to it.
+    add_benefit(runtime, "tea", fulfilment="pool", points_price=10, cancel_hours=24)
+    add_codes(runtime, "tea", "TEA-0001")
+    redeem(client, "r3", benefit_code="tea")
+    cancelled = client.post("/v1/redemptions/r3/cancel").get_json()
+    assert (cancelled["voucher_count"], cancelled["voucher_codes"]) == (0, [])
+    assert reader.get("/v1/redemptions/r3").get_json()["voucher_count"] == 0
 
 
 def test_codes_go_to_one_redemption_each_until_the_pool_is_empty(client, runtime):
@@ -592,7 +625,7 @@ def test_cancelling_returns_points_to_the_exact_lots_codes_to_the_pool_and_stock
     assert body["cancel_until"] == (START + dt.timedelta(hours=24)).isoformat().replace("+00:00", "Z")
     spent = lots(runtime)
     assert sorted(before[k] - spent[k] for k in before) == [100, 300]
-    assert balance(client) == (400, 400) and stock(runtime, "coffee") == 0
+    assert available_held(client) == (400, 400) and stock(runtime, "coffee") == 0
     clock.advance(hours=23, minutes=59)
     r = client.post("/v1/redemptions/r1/cancel")
     assert r.status_code == 200
@@ -602,7 +635,7 @@ def test_cancelling_returns_points_to_the_exact_lots_codes_to_the_pool_and_stock
         False,
     )
     assert lots(runtime) == before
-    assert balance(client) == (800, 0) and stock(runtime, "coffee") == 2
+    assert available_held(client) == (800, 0) and stock(runtime, "coffee") == 2
     assert rows(
         runtime, sa.select(voucher_codes.c.status, voucher_codes.c.member_id, voucher_codes.c.redemption_id)
     ) == [
@@ -662,7 +695,7 @@ def test_cancelling_twice_is_refused_unless_replayed_by_idempotency_key(client, 
     )
     assert refused(client.post("/v1/redemptions/r1/cancel"), "not_cancellable", 409)["reason"] == "cancelled"
     assert refused(client.post("/v1/redemptions/nope/cancel"), "redemption_not_found", 404)["field"] == "redemption_id"
-    assert balance(client) == (500, 0)
+    assert available_held(client) == (500, 0)
 
 
 def test_the_settle_job_captures_holds_once_their_window_has_ended(client, runtime, clock):
@@ -673,14 +706,14 @@ def test_the_settle_job_captures_holds_once_their_window_has_ended(client, runti
     assert redeem(client, "r1").status_code == 201
     assert redeem(client, "r2", member_id="m2", benefit_code="quick").status_code == 201
     assert redeem(client, "r3", member_id="m2").status_code == 201
-    assert balance(client) == (400, 100)
+    assert available_held(client) == (400, 100)
     assert settle(runtime, START + dt.timedelta(minutes=59)).rows == 0
     assert settle(runtime, START + dt.timedelta(hours=1)).rows == 1
-    assert balance(client, "m2") == (300, 100)
+    assert available_held(client, "m2") == (300, 100)
     clock.advance(hours=24)
     run = run_job(runtime, "redemptions")
     assert (run["status"], run["rows"], run["detail"]) == ("succeeded", 2, "2 redemptions settled")
-    assert balance(client) == (400, 0) and balance(client, "m2") == (300, 0)
+    assert available_held(client) == (400, 0) and available_held(client, "m2") == (300, 0)
     assert rows(runtime, sa.select(holds.c.status).distinct()) == [("captured",)]
     assert sorted(
         rows(runtime, sa.select(postings.c.account, postings.c.amount).where(postings.c.account.like("redeemed:%")))
@@ -701,7 +734,7 @@ def test_the_settle_job_leaves_cancelled_redemptions_and_is_declared(client, run
     client.post("/v1/redemptions/r1/cancel")
     clock.advance(hours=2)
     assert settle(runtime, clock.now).rows == 0
-    assert balance(client) == (500, 0)
+    assert available_held(client) == (500, 0)
     job = JOBS["redemptions"]
     assert (job.target, job.schedule) == ("loyalty.redemption.jobs:settle", {"trigger": "interval", "seconds": 60})
 
@@ -732,7 +765,7 @@ def test_the_same_redemption_id_replays_and_redeems_once(client, runtime, clock)
     again = redeem(client, quantity=2)
     assert (again.status_code, again.headers["Idempotent-Replayed"]) == (200, "true")
     assert again.get_json() == first.get_json()
-    assert balance(client) == (300, 200)
+    assert available_held(client) == (300, 200)
     # Sending it again with the quantity spelled out is the same request.
     add_benefit(runtime, "b2")
     assert redeem(client, "x1", benefit_code="b2").status_code == 201
@@ -757,7 +790,7 @@ def test_an_idempotency_key_reused_with_another_body_is_a_conflict(client, runti
     assert client.post("/v1/redemptions", json=redemption("r1"), headers={"Idempotency-Key": "k"}).status_code == 201
     r = client.post("/v1/redemptions", json=redemption("r2"), headers={"Idempotency-Key": "k"})
     assert refused(r, "idempotency_conflict", 409)["field"] == "Idempotency-Key"
-    assert balance(client) == (400, 0)
+    assert available_held(client) == (400, 0)
 
 
 # ---- reading --------------------------------------------------------------------------------------------------
@@ -785,7 +818,7 @@ def test_a_redemption_is_read_with_the_redeem_or_read_scope(client, runtime, app
         (redemption(quantity=11), "quantity"),
         (redemption(quantity="1"), "quantity"),
         (redemption(quantity=True), "quantity"),
-        (redemption(quantity=1.0), "quantity"),
+        (redemption(quantity=1.5), "quantity"),  # 1.0 is the integer 1, as JSON Schema counts it
         (redemption(benefit_code="b 1"), "benefit_code"),
         (redemption(member_id=""), "member_id"),
         (redemption(redemption_id="x" * 65), "redemption_id"),

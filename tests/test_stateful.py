@@ -188,8 +188,10 @@ class LedgerMachine(RuleBasedStateMachine):
         if points:
             (lot,) = self.lot_ids_of(result.body["entry_id"])
             self.model.credit(lot, points, occurred)
-        self.model.txns[tid] = Txn(cmd, points, lot, self.model.balance)
-        assert (result.created, result.body["points"], result.body["balance"]) == (True, points, self.model.balance)
+        # The answer's balance is the points the member owns: the account's balance and the held points.
+        owned = self.model.balance + self.model.held
+        self.model.txns[tid] = Txn(cmd, points, lot, owned)
+        assert (result.created, result.body["points"], result.body["balance"]) == (True, points, owned)
 
     @precondition(lambda self: self.model.txns)
     @rule(data=st.data())
@@ -221,7 +223,7 @@ class LedgerMachine(RuleBasedStateMachine):
         due, taken = self.model.refund(tid, amount)
         assert result.created
         assert (result.body["points_due"], result.body["points_reversed"]) == (due, taken)
-        assert result.body["balance"] == self.model.balance
+        assert result.body["balance"] == self.model.balance + self.model.held
         assert (result.body["entry_id"] is None) == (taken == 0)
 
     def reverse(self, tid: str, rid: str, amount: int) -> accrual.Result:

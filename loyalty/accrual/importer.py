@@ -2,8 +2,9 @@
 
 The file is CSV with a header row and the columns of ``POST /v1/transactions``:
 ``transaction_id,member_id,type,amount,currency,occurred_at,channel,mcc,merchant``
-(the last three may be empty). Rows are booked in chunks, each chunk one
-database transaction of set-based statements. Each transaction id posts at
+(the last three are optional: a file may leave their columns out, and a row
+may leave them empty). Rows are booked in chunks, each chunk one database
+transaction of set-based statements. Each transaction id posts at
 most once, so a re-run, or a run resumed after a crash, posts nothing twice.
 """
 
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from loyalty import calendar
 from loyalty.accrual.context import MemberHistory, aware
-from loyalty.accrual.schemas import CURRENCIES, MAX_AMOUNT, load_transaction
+from loyalty.accrual.schemas import CURRENCIES, MAX_AMOUNT, RESERVED_TRANSACTION_IDS, load_transaction
 from loyalty.accrual.service import TransactionCommand
 from loyalty.db import insert_ignore, is_postgres, transaction
 from loyalty.errors import LoyaltyError
@@ -62,6 +63,8 @@ class _Row:
     programme: Programme = field(default=None)  # type: ignore[assignment]
     #: the member's tier when the row was evaluated (its points' expiry policy)
     tier: str | None = None
+    #: the member's balance right after the row is booked, held points included
+    balance: int = 0
 
 
 def parse_row(raw: dict[str, str], now: dt.datetime) -> TransactionCommand:
@@ -93,6 +96,8 @@ def _fast_row(raw: dict[str, str], now: dt.datetime) -> TransactionCommand | Non
     channel, mcc, merchant = (raw.get(c) or None for c in OPTIONAL)
     if not (_ID.fullmatch(tid) and _ID.fullmatch(member) and kind in _TYPES and currency in CURRENCIES):
         return None
+    if tid in RESERVED_TRANSACTION_IDS:
+        return None
     if not (amount.isdigit() and 1 <= int(amount) <= MAX_AMOUNT and _TIMESTAMP.fullmatch(when)):
         return None
     if (
@@ -115,7 +120,8 @@ def import_file(
         total = max(0, sum(1 for _ in f) - 1)
     with path.open(newline="", encoding="utf-8") as f, rejects_path.open("w", newline="", encoding="utf-8") as rej:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        # An optional column may be left out of the file, as an optional field may be left out of a request.
+        missing = [c for c in COLUMNS if c not in OPTIONAL and c not in (reader.fieldnames or [])]
         if missing:
             raise click.UsageError(f"{path}: the header lacks {', '.join(missing)}")
         rejects = csv.writer(rej)
@@ -374,7 +380,7 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
     state = _move_balances(conn, list(deltas.values()), now)
     txn_rows, entries, posting_rows, lots, consumptions = [], [], [], [], []
     for m, rs in per_member.items():
-        final_balance, final_seq = state[m]
+        final_balance, held, final_seq = state[m]
         balance = final_balance - int(deltas[m]["delta"])  # type: ignore[call-overload]
         seq = final_seq - int(deltas[m]["n"])  # type: ignore[call-overload]
         for r in rs:
@@ -400,6 +406,8 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
                 posting_rows.extend(built.postings)
                 lots.extend(built.lots)
                 consumptions.extend(built.consumptions)
+            # The member account's balance leaves held points out; the transaction shows the member's.
+            r.balance = balance + held
             txn_rows.append(
                 {
                     **r.cmd.facts(),
@@ -407,22 +415,23 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
                     "reversed_amount": 0,
                     "reversed_points": 0,
                     "entry_id": r.entry_id,
-                    "balance_after": balance,
+                    "balance_after": r.balance,
                     "programme_version": r.programme.version,
                     "received_at": now,
                 }
             )
     if entries:
         check_open(conn, now)
+    # Entries before the transactions that name them: the foreign key is checked row by row.
     for table, data in (
-        (transactions, txn_rows),
         (journal_entries, entries),
         (postings, posting_rows),
         (point_lots, lots),
         (lot_consumptions, consumptions),
+        (transactions, txn_rows),
     ):
         bulk_insert(conn, table, data)
-    return {m: (seq, now) for m, (_balance, seq) in state.items()}
+    return {m: (seq, now) for m, (_balance, _held, seq) in state.items()}
 
 
 def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Programme, now: dt.datetime) -> None:
@@ -437,6 +446,7 @@ def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Program
                     "transaction_id": r.cmd.transaction_id,
                     "entry_id": r.entry_id,
                     "points": sum(a.points for a in r.awards),
+                    "balance": r.balance,
                     "rules": [a.rule_id for a in r.awards],
                 },
                 sort_keys=True,
@@ -476,9 +486,11 @@ def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Program
     tiers.apply_stages(conn, m.member_id.in_(touched), programme=programme, as_of=now, now=now, source="event")
 
 
-def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime) -> dict[str, tuple[int, int]]:
+def _move_balances(
+    conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime
+) -> dict[str, tuple[int, int, int]]:
     """Add each member's points and entry count in one statement; returns
-    ``member -> (balance, entry_seq)`` after. The rows are locked already."""
+    ``member -> (balance, held, entry_seq)`` after. The rows are locked already."""
     ma = member_accounts.c
     if is_postgres(conn):
         from psycopg2.extras import execute_values
@@ -489,7 +501,7 @@ def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datet
                 cursor,
                 "UPDATE member_accounts AS a SET balance = a.balance + v.delta, entry_seq = a.entry_seq + v.n, "
                 "last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, at) "
-                "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.entry_seq",
+                "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.held, a.entry_seq",
                 [(d["m"], d["delta"], d["n"], now) for d in deltas],
                 template="(%s, %s::bigint, %s::integer, %s::timestamptz)",
                 page_size=len(deltas),
@@ -497,7 +509,7 @@ def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datet
             )
         finally:
             cursor.close()
-        return {m: (int(balance), int(seq)) for m, balance, seq in rows}
+        return {m: (int(balance), int(held), int(seq)) for m, balance, held, seq in rows}
     conn.execute(
         sa.update(member_accounts)
         .where(ma.member_id == sa.bindparam("m"))
@@ -507,9 +519,9 @@ def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datet
         deltas,
     )
     found = conn.execute(
-        sa.select(ma.member_id, ma.balance, ma.entry_seq).where(ma.member_id.in_([d["m"] for d in deltas]))
+        sa.select(ma.member_id, ma.balance, ma.held, ma.entry_seq).where(ma.member_id.in_([d["m"] for d in deltas]))
     )
-    return {r.member_id: (int(r.balance), int(r.entry_seq)) for r in found}
+    return {r.member_id: (int(r.balance), int(r.held), int(r.entry_seq)) for r in found}
 
 
 def bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

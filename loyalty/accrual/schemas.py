@@ -16,8 +16,17 @@ MAX_AMOUNT = 10**12
 CURRENCIES = ("CNY",)
 
 
+#: ``POST /v1/transactions/batch`` takes this place in the paths: no transaction may have it as its id.
+RESERVED_TRANSACTION_IDS = ("batch",)
+
+
 class TransactionSchema(Base):
-    transaction_id = StrictString(required=True, validate=ID)
+    transaction_id = StrictString(
+        required=True,
+        validate=validate.And(
+            ID, validate.NoneOf(RESERVED_TRANSACTION_IDS, error="is reserved: /v1/transactions/batch is the batch")
+        ),
+    )
     member_id = StrictString(required=True, validate=ID)
     type = StrictString(required=True, validate=validate.OneOf(TRANSACTION_TYPES))
     amount = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_AMOUNT))
@@ -63,7 +72,9 @@ class ReversalSchema(Base):
 
 
 class BatchSchema(Base):
-    transactions = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, max=1000))
+    # Items are not checked here: each is validated on its own, and a bad one (null included) gets its
+    # own problem in the results instead of refusing the batch.
+    transactions = fields.List(fields.Raw(allow_none=True), required=True, validate=validate.Length(min=1, max=1000))
 
 
 def load_transaction(data: Any, now: dt.datetime) -> TransactionCommand:

@@ -112,7 +112,7 @@ def record_transaction(
             programme_version=programme.version,
             entry_id=entry_id,
         )
-        balance = posted.balance_after
+        balance = posted.total_after
     else:
         balance = touch(conn, cmd.member_id, now)
     points = sum(a.points for a in awards)
@@ -148,14 +148,18 @@ def record_transaction(
 
 
 def touch(conn: Connection, member_id: str, now: dt.datetime) -> int:
-    """Record activity without points; returns the balance. Locks the member's row."""
+    """Record activity without points; returns the member's balance, held points included
+    (the points they own). Locks the member's row."""
     ma = member_accounts.c
     row = conn.execute(
-        sa.update(member_accounts).where(ma.member_id == member_id).values(last_activity_at=now).returning(ma.balance)
+        sa.update(member_accounts)
+        .where(ma.member_id == member_id)
+        .values(last_activity_at=now)
+        .returning(ma.balance, ma.held)
     ).first()
     if row is None:
         raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
-    return int(row.balance)
+    return int(row.balance) + int(row.held)
 
 
 def _transaction_json(
@@ -291,7 +295,7 @@ def reverse(conn: Connection, cmd: ReversalCommand, *, policy: str, now: dt.date
             now=now,
             transaction_id=cmd.transaction_id,
         )
-    balance = posted.balance_after if posted else touch(conn, member_id, now)
+    balance = posted.total_after if posted else touch(conn, member_id, now)
     taken = -posted.points if posted else 0
     conn.execute(
         reversals.insert(),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from loyalty.api import (  # noqa: F401  (registers the views)
     catalogue,
@@ -34,9 +35,17 @@ from loyalty.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+class TransactionIdConverter(BaseConverter):
+    """A transaction id in a path: any segment but ``batch``, which is ``POST /v1/transactions/batch``
+    (and so no transaction's id), so that path offers POST alone."""
+
+    regex = r"(?!batch(?:/|$))[^/]+"
+
+
 def init_app(app: Flask) -> None:
     rt: Runtime = app.extensions["loyalty"]
     app.extensions["loyalty_keys"] = KeyCache(rt.engine, rt.settings.api_key_cache_seconds)
+    app.url_map.converters["transaction_id"] = TransactionIdConverter
     app.register_blueprint(bp)
 
     @app.errorhandler(LoyaltyError)
@@ -50,7 +59,11 @@ def init_app(app: Flask) -> None:
         code = (err.name or "error").lower().replace(" ", "_")
         exc = LoyaltyError(err.description or err.name)
         exc.status, exc.code, exc.title = err.code or 500, code, err.name
-        return problem(exc)
+        response = problem(exc)
+        if isinstance(err, MethodNotAllowed) and err.valid_methods:
+            # RFC 9110 section 15.5.6: a 405 says which methods the resource does support.
+            response.headers["Allow"] = ", ".join(sorted(err.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:

@@ -29,11 +29,19 @@ from loyalty.errors import (
 )
 from loyalty.idempotency import Result, claim_key, request_hash
 from loyalty.runtime import Runtime
-from loyalty.validation import MAX_DEPTH, check_storable, nesting_depth, printable, text_fault
+from loyalty.validation import MAX_DEPTH, check_storable, json_number, nesting_depth, printable, text_fault
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+@bp.url_value_preprocessor
+def _no_nul_in_paths(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """No id, code or version holds NUL (no text column can store it): a path naming one is not found."""
+    for name, value in (values or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise NotFound(f"no {name} with the NUL character (U+0000)", field=name)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -80,7 +88,7 @@ def json_body() -> Any:
     if nesting_depth(raw) > MAX_DEPTH:
         raise MalformedRequest(f"the body nests arrays and objects more than {MAX_DEPTH} deep", field="body")
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_float=json_number)
     except ValueError as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}", field="body") from None
     check_storable(body)
@@ -125,13 +133,35 @@ def requires(*scopes: str) -> Callable[[Callable[..., Response]], Callable[..., 
     return decorate
 
 
-def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    """An integer query parameter within ``[low, high]``; a bad one is a 422 naming it."""
+def query_arg(name: str) -> str | None:
+    """A query parameter, ``None`` when it is left out. One sent empty (``?status=``) is a 422
+    naming it: an empty value is not taken to mean "absent", so a client's bug cannot widen a query."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw == "":
+        raise ValidationError.one(name, "must not be empty; leave the parameter out instead")
+    if raw is not None and "\x00" in raw:
+        raise ValidationError.one(name, "must not contain the NUL character (U+0000)")
+    return raw
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``[low, high]``; a bad one is a 422 naming it."""
+    raw = query_arg(name)
+    if raw is None:
         return default
     if not re.fullmatch(r"[0-9]{1,18}", raw) or not low <= int(raw) <= high:
         raise ValidationError.one(name, f"must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def cursor_arg(name: str, digits: int) -> int | None:
+    """A keyset cursor: the ``next_cursor`` of a previous page, a positive integer of at most
+    ``digits`` digits without leading zeros, exactly as ``openapi.yaml`` writes it."""
+    raw = query_arg(name)
+    if raw is None:
+        return None
+    if not re.fullmatch(rf"[1-9][0-9]{{0,{digits - 1}}}", raw):
+        raise ValidationError.one(name, "is not a cursor this API returned; pass back a page's next_cursor")
     return int(raw)
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 from flask import Response
 from sqlalchemy.engine import Connection
 
-from loyalty.api.base import bp, execute, int_arg, json_body, json_response, requires, runtime
+from loyalty.api.base import bp, cursor_arg, execute, int_arg, json_body, json_response, requires, runtime
 from loyalty.db import transaction
 from loyalty.idempotency import Result
 from loyalty.members import service
@@ -16,6 +16,8 @@ from loyalty.members.service import Enrolment
 from loyalty.validation import check_not_future, load
 
 MAX_PAGE = 200
+#: A statement's cursor is an entry's ``seq``: nine digits are more entries than a member will ever have.
+CURSOR_DIGITS = 9
 
 
 @bp.post("/members")
@@ -45,10 +47,11 @@ def get_member(member_id: str) -> Response:
 @requires("read")
 def get_statement(member_id: str) -> Response:
     limit = int_arg("limit", 50, 1, MAX_PAGE)
-    cursor = int_arg("cursor", None, 1, 2**31 - 1)
+    cursor = cursor_arg("cursor", CURSOR_DIGITS)
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
-        return json_response(service.statement(conn, member_id, limit=limit or 50, before_seq=cursor))
+        return json_response(service.statement(conn, member_id, limit=limit, before_seq=cursor))
+
 
 
 @bp.get("/members/<member_id>/expiry-schedule")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask import Response, g, request
+from flask import Response, g
 from marshmallow import fields, validate
 from sqlalchemy.engine import Connection
 
 from loyalty import audit
 from loyalty.accrual import backtest, simulate
-from loyalty.api.base import bp, execute, int_arg, json_body, json_response, requires, runtime
+from loyalty.api.base import bp, execute, int_arg, json_body, json_response, query_arg, requires, runtime
 from loyalty.db import transaction
 from loyalty.errors import ValidationError
 from loyalty.idempotency import Result
@@ -161,10 +161,10 @@ def run_backtest() -> Response:
 @bp.get("/audit")
 @requires("admin")
 def audit_entries() -> Response:
-    limit = int_arg("limit", 50, 1, 500) or 50
+    limit = int_arg("limit", 50, 1, 500)
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
         lines = audit.entries(
-            conn, object_type=request.args.get("object_type"), object_id=request.args.get("object_id"), limit=limit
+            conn, object_type=query_arg("object_type"), object_id=query_arg("object_id"), limit=limit
         )
     return json_response({"entries": lines})

@@ -3,7 +3,9 @@
 Voucher codes are secrets (:mod:`loyalty.catalogue.codes`): a redemption's
 answer shows them decrypted, but what is stored for an ``Idempotency-Key``
 replay is the answer without them, and they are added from the pool each
-time the answer is given.
+time the answer is given. They are shown only to a key with the ``redeem``
+scope, the channel acting for the member; a ``read`` key sees how many there
+are (``voucher_count``) and ``voucher_codes: null``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from flask import Response
+from flask import Response, g
 from marshmallow import fields, post_load, validate
 from sqlalchemy.engine import Connection
 
@@ -71,6 +73,7 @@ def with_codes(response: Response, codes: list[str] | None) -> Response:
         rt = runtime()
         with transaction(rt.engine, readonly=True) as conn:
             codes = service.issued_codes(conn, rt.settings.secret_key, body)
+    body["voucher_count"] = len(codes)
     body["voucher_codes"] = codes
     replayed = response.headers.get("Idempotent-Replayed")
     return json_response(body, response.status_code, {"Idempotent-Replayed": replayed} if replayed else None)
@@ -105,7 +108,12 @@ def get_redemption(redemption_id: str) -> Response:
     with transaction(rt.engine, readonly=True) as conn:
         member_id = service.find_redemption_member(conn, redemption_id)
         view = service.redemption_view(conn, member_id, redemption_id, now=rt.now())
-        view["voucher_codes"] = service.issued_codes(conn, rt.settings.secret_key, view)
+        if "redeem" in g.api_key.scopes:
+            codes = service.issued_codes(conn, rt.settings.secret_key, view)
+            view["voucher_count"], view["voucher_codes"] = len(codes), codes
+        else:
+            # Codes go only to the channel acting for the member; a reader learns that they exist.
+            view["voucher_count"], view["voucher_codes"] = service.issued_count(conn, view), None
     return json_response(view)
 
 

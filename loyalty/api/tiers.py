@@ -57,7 +57,7 @@ def delete_override(member_id: str) -> Response:
 @bp.get("/members/<member_id>/history")
 @requires("read")
 def get_history(member_id: str) -> Response:
-    limit = int_arg("limit", 50, 1, 500) or 50
+    limit = int_arg("limit", 50, 1, 500)
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
         return json_response(service.history(conn, member_id, limit=limit))

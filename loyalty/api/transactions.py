@@ -46,7 +46,7 @@ def post_transaction() -> Response:
     )
 
 
-@bp.get("/transactions/<transaction_id>")
+@bp.get("/transactions/<transaction_id:transaction_id>")
 @requires("read")
 def get_transaction(transaction_id: str) -> Response:
     rt = runtime()
@@ -55,7 +55,7 @@ def get_transaction(transaction_id: str) -> Response:
         return json_response(service.transaction_body(conn, member_id, transaction_id))
 
 
-@bp.post("/transactions/<transaction_id>/reversals")
+@bp.post("/transactions/<transaction_id:transaction_id>/reversals")
 @requires("accrue")
 def post_reversal(transaction_id: str) -> Response:
     body = json_body()
@@ -95,12 +95,9 @@ def post_batch() -> Response:
                 result = service.record_transaction(conn, cmd, programme=programme, now=rt.now(), current=rt.programme)
             results.append({"index": index, "status": status_of(result), "result": result.body})
         except LoyaltyError as err:
-            problem = err.problem()
-            if "field" in problem:
-                # "body" is the item itself: an item that is not an object.
-                name = problem["field"]
-                problem["field"] = f"transactions[{index}]" + ("" if name == "body" else f".{name}")
-            results.append({"index": index, "status": err.status, "problem": problem})
+            # The item's problem is the one POST /v1/transactions would give it alone: its fields are
+            # named within the item (`amount`), in `field` and `errors` alike; `index` says which item.
+            results.append({"index": index, "status": err.status, "problem": err.problem()})
     out = Result({"results": results})
     if key is not None:
         with transaction(rt.engine) as conn:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
+from loyalty import logmask
 from loyalty.catalogue.models import CODE_STATUSES, benefits, voucher_codes
 from loyalty.db import insert_ignore, is_postgres
 from loyalty.events.service import emit
@@ -40,13 +41,16 @@ class CodeBox:
         return hmac.new(self._mac, f"{benefit_code}\0{code}".encode(), hashlib.sha256).hexdigest()
 
     def seal(self, benefit_code: str, code: str) -> str:
+        logmask.keep_out_of_logs(code)
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, code.encode(), benefit_code.encode())
         return base64.urlsafe_b64encode(nonce + sealed).decode()
 
     def open(self, benefit_code: str, secret: str) -> str:
         raw = base64.urlsafe_b64decode(secret.encode())
-        return self._aead.decrypt(raw[:12], raw[12:], benefit_code.encode()).decode()
+        code = self._aead.decrypt(raw[:12], raw[12:], benefit_code.encode()).decode()
+        logmask.keep_out_of_logs(code)
+        return code
 
 
 def add_codes(

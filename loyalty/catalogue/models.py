@@ -56,6 +56,9 @@ benefits = sa.Table(
     sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),
     sa.CheckConstraint("stock IS NULL OR stock >= 0", name="stock_not_negative"),
     sa.CheckConstraint("face_value >= 0 AND unit_cost >= 0", name="money_not_negative"),
+    sa.CheckConstraint("points_price IS NULL OR points_price > 0", name="points_price_positive"),
+    sa.CheckConstraint("cancel_hours >= 0", name="cancel_hours_not_negative"),
+    sa.CheckConstraint("fulfilment <> 'partner' OR partner IS NOT NULL", name="partner_named"),
 )
 
 #: Every version of every benefit, as the JSON document it was saved as.
@@ -70,6 +73,10 @@ benefit_versions = sa.Table(
 )
 
 CODE_STATUSES = ("available", "issued")
+ISSUED_TO_A_REDEMPTION = (
+    "(status = 'issued' AND member_id IS NOT NULL AND redemption_id IS NOT NULL)"
+    " OR (status = 'available' AND member_id IS NULL AND redemption_id IS NULL)"
+)
 
 #: Voucher codes. The code itself is stored encrypted (``secret``) and found by
 #: a keyed digest (``digest``), so a database dump alone reveals no code.
@@ -89,6 +96,8 @@ voucher_codes = sa.Table(
     sa.Column("position", sa.BigInteger),
     sa.Column("issued_at", UTCDateTime),
     sa.CheckConstraint(sa.column("status").in_(CODE_STATUSES), name="status"),
+    #: an issued code names its member and redemption; an available one neither
+    sa.CheckConstraint(ISSUED_TO_A_REDEMPTION, name="issued_to_a_redemption"),
     sa.Index("ix_voucher_codes_benefit_code_digest", "benefit_code", "digest", unique=True),
     #: the next available codes, in upload order, without sorting the pool; and a pool's last position
     sa.Index("ix_voucher_codes_benefit_code_status_position", "benefit_code", "status", "position"),

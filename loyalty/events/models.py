@@ -50,14 +50,23 @@ webhook_subscriptions = sa.Table(
     sa.Column("url", sa.String(2000), nullable=False),
     #: JSON list of event types; empty means every type
     sa.Column("event_types", sa.Text, nullable=False),
-    #: the HMAC key deliveries are signed with (the receiver holds it too)
-    sa.Column("secret", sa.String(200), nullable=False),
+    #: the HMAC key deliveries are signed with (the receiver holds it too), sealed with AES-GCM under
+    #: LOYALTY_SECRET_KEY and bound to the subscription id (:mod:`loyalty.events.webhooks`)
+    sa.Column("secret_sealed", sa.Text),
+    #: the same key in clear: only in a row written before secrets were sealed (migration 0008) and
+    #: not sealed since, by the ``webhooks`` job or ``loyalty webhooks seal-secrets``
+    sa.Column("secret", sa.String(200)),
+    #: the key's last four characters, shown to tell subscriptions apart (NULL only in a row the
+    #: release before sealing wrote during an upgrade: then taken from ``secret``)
+    sa.Column("secret_hint", sa.String(4)),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     #: how far the delivery job has fanned events out to this subscription
     sa.Column("cursor_tx", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("cursor_id", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_by", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    #: the key is kept once: sealed, or (a row from before sealing) in clear
+    sa.CheckConstraint("(secret IS NULL) <> (secret_sealed IS NULL)", name="secret_kept_once"),
 )
 
 webhook_deliveries = sa.Table(

@@ -1,7 +1,15 @@
 """Webhooks: subscriptions, the fan-out of events to them, and signed delivery with retries.
 
 A subscription names a URL, the event types it wants (none: every type) and
-a secret. The ``webhooks`` job (:func:`deliver`) works in two steps:
+a secret. The secret is stored only sealed (:mod:`loyalty.sealing`, purpose
+``webhook-secrets``, bound to the subscription id), with its last four
+characters as a hint; it is opened to sign each delivery. A row written
+before secrets were sealed (migration 0008) holds its secret in clear until
+it is sealed, by the first run of the job with ``LOYALTY_SECRET_KEY`` set or
+by ``loyalty webhooks seal-secrets`` (:func:`seal_legacy_secrets`); until
+then deliveries are signed with the clear secret, so none is lost.
+
+The ``webhooks`` job (:func:`deliver`) works in two steps:
 
 1. Fan-out: for each active subscription it reads the feed after the
    subscription's cursor and queues one delivery per matching event, moving
@@ -44,13 +52,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from loyalty import audit
+from loyalty import audit, logmask
 from loyalty.calendar import iso
 from loyalty.db import insert_ignore, transaction
 from loyalty.errors import Conflict, NotFound
 from loyalty.events.models import DELIVERY_STATUSES, events, webhook_deliveries, webhook_subscriptions
 from loyalty.events.service import encode_cursor, end_of_feed, event_json, visible
 from loyalty.runtime import Outcome
+from loyalty.sealing import Sealer, SecretKeyMissing, sealer
 
 if TYPE_CHECKING:
     from loyalty.config import Settings
@@ -67,10 +76,57 @@ SENDERS = 8
 #: how much longer than the HTTP timeout a claim lasts
 LEASE_MARGIN = dt.timedelta(seconds=60)
 USER_AGENT = "loyalty-webhooks/1"
+#: What webhook secrets are sealed for (the derivation of their key from LOYALTY_SECRET_KEY).
+PURPOSE = "webhook-secrets"
 
 s = webhook_subscriptions.c
 d = webhook_deliveries.c
 e = events.c
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def secret_sealer(secret_key: str) -> Sealer:
+    """The sealer of webhook secrets; 503 ``secret_key_missing`` while ``LOYALTY_SECRET_KEY`` is unset."""
+    return sealer(secret_key, PURPOSE, "webhook signing secrets")
+
+
+def optional_sealer(secret_key: str) -> Sealer | None:
+    """The sealer, or None without a usable ``LOYALTY_SECRET_KEY``."""
+    try:
+        return secret_sealer(secret_key)
+    except SecretKeyMissing:
+        return None
+
+
+def seal_legacy_secrets(conn: Connection, box: Sealer) -> int:
+    """Seal the secrets stored in clear (rows from before sealing); returns how many."""
+    legacy = conn.execute(sa.select(s.id, s.secret).where(s.secret_sealed.is_(None)).with_for_update()).all()
+    for row in legacy:
+        conn.execute(
+            webhook_subscriptions.update()
+            .where(s.id == row.id, s.secret_sealed.is_(None))
+            .values(secret_sealed=box.seal(row.id, row.secret), secret=None, secret_hint=row.secret[-4:])
+        )
+    return len(legacy)
+
+
+def signing_secret(row: Any, box: Sealer | None) -> str:
+    """The key to sign a delivery to the subscription ``row`` (``subscription_id``, ``secret``,
+    ``secret_sealed``) with."""
+    if row.secret_sealed is None:
+        secret = str(row.secret)  # a row from before sealing, not sealed yet
+    elif box is None:
+        raise SecretKeyMissing(
+            f"the secret of webhook subscription {row.subscription_id} is sealed under LOYALTY_SECRET_KEY, "
+            "which is not set (or shorter than 16 characters): deliveries cannot be signed until it is",
+            field="LOYALTY_SECRET_KEY",
+        )
+    else:
+        secret = box.open(row.subscription_id, row.secret_sealed)
+    logmask.keep_out_of_logs(secret)
+    return secret
 
 
 # --- subscriptions ---------------------------------------------------------------------------
@@ -91,7 +147,7 @@ def subscription_json(row: Any) -> dict[str, Any]:
         "url": row.url,
         "event_types": json.loads(row.event_types),
         "active": bool(row.active),
-        "secret_hint": "****" + row.secret[-4:],
+        "secret_hint": "****" + (row.secret_hint if row.secret_hint is not None else row.secret[-4:]),
         "cursor": encode_cursor(row.cursor_tx, row.cursor_id),
         "created_by": row.created_by,
         "created_at": iso(row.created_at),
@@ -105,8 +161,12 @@ def subscription_row(conn: Connection, subscription_id: str) -> Any:
     return row
 
 
-def create_subscription(conn: Connection, cmd: NewSubscription, *, actor: str, now: dt.datetime) -> dict[str, Any]:
-    """Subscribe ``cmd.url``; it receives the events that reach the feed from now on."""
+def create_subscription(
+    conn: Connection, cmd: NewSubscription, *, box: Sealer, actor: str, now: dt.datetime
+) -> dict[str, Any]:
+    """Subscribe ``cmd.url``; it receives the events that reach the feed from now on. The secret is
+    stored sealed by ``box`` (:func:`secret_sealer`)."""
+    logmask.keep_out_of_logs(cmd.secret)
     subscription_id = str(uuid.uuid4())
     cursor_tx, cursor_id = end_of_feed(conn)
     conn.execute(
@@ -114,7 +174,8 @@ def create_subscription(conn: Connection, cmd: NewSubscription, *, actor: str, n
             id=subscription_id,
             url=cmd.url,
             event_types=json.dumps(cmd.event_types),
-            secret=cmd.secret,
+            secret_sealed=box.seal(subscription_id, cmd.secret),
+            secret_hint=cmd.secret[-4:],
             active=True,
             cursor_tx=cursor_tx,
             cursor_id=cursor_id,
@@ -281,15 +342,26 @@ class Tally:
 
 
 def deliver(rt: Runtime, as_of: dt.datetime) -> Outcome:
-    """The ``webhooks`` job: queue new events for every active subscription, then send what is due."""
+    """The ``webhooks`` job: seal secrets still stored in clear, queue new events for every active
+    subscription, then send what is due."""
+    box = optional_sealer(rt.settings.secret_key)
+    sealed = 0
+    if box is not None:
+        # Looked for first without the write lock (SQLite's is the whole database): mostly there are none.
+        with transaction(rt.engine, readonly=True) as conn:
+            legacy = conn.execute(sa.select(sa.exists().where(s.secret_sealed.is_(None)))).scalar()
+        if legacy:
+            with transaction(rt.engine) as conn:
+                sealed = seal_legacy_secrets(conn, box)
     tally = Tally(queued=fan_out(rt.engine, as_of))
-    send_due(rt, as_of, tally)
+    send_due(rt, as_of, tally, box)
     return Outcome(
-        rows=tally.queued + tally.delivered + tally.failed,
+        rows=sealed + tally.queued + tally.delivered + tally.failed,
         errors=tally.failed,
         detail=(
             f"{tally.queued} queued, {tally.delivered} delivered, "
             f"{tally.failed} failed attempts ({tally.dead} now dead)"
+            + (f"; {sealed} secrets stored in clear sealed" if sealed else "")
         ),
     )
 
@@ -361,7 +433,7 @@ def held_back(position: Sequence[Any]) -> sa.Exists:
 def due(engine: Engine, as_of: dt.datetime) -> list[Any]:
     """Pending deliveries due by ``as_of`` to active subscriptions that no earlier delivery holds back."""
     q = (
-        sa.select(d.subscription_id, s.url, s.secret, *events.c)
+        sa.select(d.subscription_id, s.url, s.secret, s.secret_sealed, *events.c)
         .join(webhook_subscriptions, s.id == d.subscription_id)
         .join(events, e.id == d.event_id)
         .where(
@@ -377,14 +449,14 @@ def due(engine: Engine, as_of: dt.datetime) -> list[Any]:
         return list(conn.execute(q))
 
 
-def send_due(rt: Runtime, as_of: dt.datetime, tally: Tally) -> None:
+def send_due(rt: Runtime, as_of: dt.datetime, tally: Tally, box: Sealer | None) -> None:
     """Send every delivery due by ``as_of``, ``SENDERS`` at a time.
 
     Rounds repeat until nothing is due: a member's next event becomes due in
     the round after its previous one is delivered."""
     with ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="webhooks") as pool:
         while batch := due(rt.engine, as_of):
-            results = list(pool.map(lambda row: attempt(rt, row, as_of), batch))
+            results = list(pool.map(lambda row: attempt(rt, row, as_of, box), batch))
             for result in results:
                 if result == "delivered":
                     tally.delivered += 1
@@ -396,9 +468,13 @@ def send_due(rt: Runtime, as_of: dt.datetime, tally: Tally) -> None:
                 break  # another run claimed them all
 
 
-def attempt(rt: Runtime, row: Any, as_of: dt.datetime) -> str | None:
+def attempt(rt: Runtime, row: Any, as_of: dt.datetime, box: Sealer | None) -> str | None:
     """Claim one delivery, send it, record the answer. Returns ``delivered``, ``failed`` or ``dead``,
-    or None when it was no longer due to this run (another run claimed it, or it is held back)."""
+    or None when it was no longer due to this run (another run claimed it, or it is held back).
+
+    A secret that cannot be opened (no ``LOYALTY_SECRET_KEY``, or another one) fails the job's run
+    before the delivery is claimed: no attempt is spent on it, and it waits for the key."""
+    secret = signing_secret(row, box)
     settings = rt.settings
     key = (d.subscription_id == row.subscription_id, d.event_id == row.id)
     lease = max(as_of, rt.now()) + dt.timedelta(seconds=settings.webhook_timeout_seconds) + LEASE_MARGIN
@@ -418,7 +494,7 @@ def attempt(rt: Runtime, row: Any, as_of: dt.datetime) -> str | None:
         ).scalar()
     if attempts is None:
         return None
-    status, error = post(row, timeout=settings.webhook_timeout_seconds, now=rt.now())
+    status, error = post(row, secret, timeout=settings.webhook_timeout_seconds, now=rt.now())
     attempts += 1
     values: dict[str, Any] = {"attempts": attempts, "last_status": status, "last_error": error}
     if error is None:
@@ -480,9 +556,10 @@ def opener() -> urllib.request.OpenerDirector:
     return director
 
 
-def post(row: Any, *, timeout: int, now: dt.datetime) -> tuple[int | None, str | None]:
-    """POST the event to the subscription; returns the HTTP status (None without one) and, unless it
-    was a 2xx, what went wrong. Error texts never include the secret or the URL."""
+def post(row: Any, secret: str, *, timeout: int, now: dt.datetime) -> tuple[int | None, str | None]:
+    """POST the event to the subscription, signed with ``secret``; returns the HTTP status (None
+    without one) and, unless it was a 2xx, what went wrong. Error texts never include the secret or
+    the URL."""
     event = event_json(row)
     body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
     timestamp = str(int(now.timestamp()))
@@ -497,7 +574,7 @@ def post(row: Any, *, timeout: int, now: dt.datetime) -> tuple[int | None, str |
             "X-Loyalty-Event-Id": event["event_id"],
             "X-Loyalty-Event-Type": event["type"],
             "X-Loyalty-Timestamp": timestamp,
-            "X-Loyalty-Signature": signature(row.secret, timestamp, body),
+            "X-Loyalty-Signature": signature(secret, timestamp, body),
         },
     )
     try:

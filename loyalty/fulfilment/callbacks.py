@@ -49,15 +49,15 @@ def parse(body: Any) -> Callback:
         raise ValidationError.one("body", "must be a JSON object")
     errors: dict[str, list[str]] = {f: ["unknown field"] for f in sorted(set(body) - FIELDS)}
     order_id = body.get("order_id")
-    if not isinstance(order_id, str) or not 1 <= len(order_id) <= 64:
-        errors["order_id"] = ["must be a string of 1 to 64 characters"]
+    if not isinstance(order_id, str) or not 1 <= len(order_id) <= 64 or "\x00" in order_id:
+        errors["order_id"] = ["must be a string of 1 to 64 characters, without NUL"]
     status = body.get("status")
     if status not in protocol.STATUSES:
         errors["status"] = [f"must be one of {', '.join(protocol.STATUSES)}"]
     for name, limit in (("reference", MAX_REFERENCE), ("reason", MAX_TEXT)):
         value = body.get(name)
-        if value is not None and (not isinstance(value, str) or len(value) > limit):
-            errors[name] = [f"must be a string of at most {limit} characters, or null"]
+        if value is not None and (not isinstance(value, str) or len(value) > limit or "\x00" in value):
+            errors[name] = [f"must be a string of at most {limit} characters without NUL, or null"]
     if errors:
         raise ValidationError(errors)
     return Callback(order_id, status, body.get("reference"), body.get("reason"))  # type: ignore[arg-type]

@@ -31,7 +31,8 @@ member_accounts = sa.Table(
     "member_accounts",
     metadata,
     sa.Column("member_id", sa.String(64), sa.ForeignKey("members.member_id"), primary_key=True),
-    #: sum of the member's postings on ``member``; negative only after a refund of spent points
+    #: sum of the member's postings on ``member``: the points holds leave them, the API's ``available``
+    #: (the API's ``balance`` is this plus ``held``); negative only after a refund of spent points
     sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
     #: points moved to ``holds`` by redemptions still in flight
     sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
@@ -54,7 +55,7 @@ journal_entries = sa.Table(
     sa.Column("source_ref", sa.String(128), nullable=False),
     #: net change of the member's account
     sa.Column("points", sa.BigInteger, nullable=False),
-    #: the member's balance right after this entry
+    #: the member account's balance right after this entry (held points left out, as in ``member_accounts``)
     sa.Column("balance_after", sa.BigInteger, nullable=False),
     sa.Column("transaction_id", sa.String(64)),
     #: the entry this one corrects or settles (reversal, capture, void)
@@ -147,10 +148,18 @@ holds = sa.Table(
     #: the account credited on capture, e.g. ``redeemed:<benefit>``
     sa.Column("capture_account", sa.String(80), sa.ForeignKey("accounts.code"), nullable=False),
     sa.Column("hold_entry_id", sa.Uuid(as_uuid=False), nullable=False),
+    #: the capture or void entry; written before the hold is marked resolved
     sa.Column("resolution_entry_id", sa.Uuid(as_uuid=False)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime),
     sa.ForeignKeyConstraint(["member_id", "hold_entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    #: checked at commit: the release before 0008 resolved a hold before writing its entry
+    sa.ForeignKeyConstraint(
+        ["member_id", "resolution_entry_id"],
+        ["journal_entries.member_id", "journal_entries.id"],
+        deferrable=True,
+        initially="DEFERRED",
+    ),
     sa.CheckConstraint("points > 0", name="points_positive"),
     sa.CheckConstraint(sa.column("status").in_(HOLD_STATUSES), name="status"),
     sa.CheckConstraint("(status = 'pending') = (resolution_entry_id IS NULL)", name="resolved_iff_entry"),

@@ -57,13 +57,23 @@ class Line:
 
 @dataclass
 class Posted:
-    """What an operation posted."""
+    """What an operation posted.
+
+    ``balance_after`` is the member account's balance after it (the points the member can
+    spend); ``held_after`` the points pending holds reserve then. What the API calls the
+    member's balance, the points they own, is their sum: :attr:`total_after`."""
 
     entry_id: str
     seq: int
     points: int
     balance_after: int
+    held_after: int
     lots: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def total_after(self) -> int:
+        """The points the member owns after this entry, held ones included."""
+        return self.balance_after + self.held_after
 
 
 def new_id() -> str:
@@ -81,7 +91,7 @@ def _bump_statement(covered: bool) -> sa.Update:
             entry_seq=ma.entry_seq + 1,
             last_activity_at=sa.func.coalesce(sa.bindparam("now", type_=ma.last_activity_at.type), ma.last_activity_at),
         )
-        .returning(ma.balance, ma.entry_seq)
+        .returning(ma.balance, ma.held, ma.entry_seq)
     )
     if covered:
         stmt = stmt.where(ma.balance >= sa.bindparam("cover", type_=sa.BigInteger))
@@ -106,11 +116,11 @@ def _bump_account(
     held_delta: int = 0,
     now: dt.datetime | None = None,
     require_cover: int = 0,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Move the member's stored balance by ``delta`` in one conditional UPDATE.
 
     With ``require_cover`` the update only happens if the balance covers that
-    many points. Returns ``(balance_after, entry_seq)``; locks the row.
+    many points. Returns ``(balance_after, held_after, entry_seq)``; locks the row.
     """
     ma = member_accounts.c
     params = {"m": member_id, "delta": delta, "held_delta": held_delta, "now": now, "cover": require_cover}
@@ -123,7 +133,7 @@ def _bump_account(
             f"member {member_id!r} does not have {require_cover} points available",
             required=require_cover,
         )
-    return int(row.balance), int(row.entry_seq)
+    return int(row.balance), int(row.held), int(row.entry_seq)
 
 
 def entry_rows(
@@ -282,7 +292,7 @@ def accrue(
     total = sum(a.points for a in awards)
     if total <= 0 or any(a.points <= 0 for a in awards):
         raise ValueError("an accrual needs positive awards")
-    balance_after, seq = _bump_account(conn, member_id, delta=total, now=now)
+    balance_after, held_after, seq = _bump_account(conn, member_id, delta=total, now=now)
     rows = accrual_rows(
         member_id,
         awards,
@@ -303,7 +313,7 @@ def accrue(
     conn.execute(INSERT_LOTS, rows.lots)
     if rows.consumptions:
         conn.execute(INSERT_CONSUMPTIONS, rows.consumptions)
-    return Posted(rows.entry["id"], seq, total, balance_after, rows.lots)  # type: ignore[arg-type]
+    return Posted(rows.entry["id"], seq, total, balance_after, held_after, rows.lots)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -409,7 +419,7 @@ def claw_back(
             return None
     else:
         points = points_due
-    balance_after, seq = _bump_account(conn, member_id, delta=-points, now=now)
+    balance_after, held_after, seq = _bump_account(conn, member_id, delta=-points, now=now)
     # Credit back the funding sources in proportion, the rounding remainder to the largest.
     shares = _split(points, funding)
     lines = [Line(MEMBER, -points)] + [Line(f"issued:{src}", n) for src, n in shares.items() if n]
@@ -431,7 +441,7 @@ def claw_back(
         sa.select(point_lots.c.id).where(point_lots.c.member_id == member_id, point_lots.c.entry_id == related_entry_id)
     ).scalars()
     _consume(conn, member_id, entry_id, take(_open_lots(conn, member_id), points, prefer=own))
-    return Posted(entry_id, seq, -points, balance_after)
+    return Posted(entry_id, seq, -points, balance_after, held_after)
 
 
 def expire(conn: Connection, member_id: str, *, as_of: dt.datetime, now: dt.datetime) -> Posted | None:
@@ -450,7 +460,7 @@ def expire(conn: Connection, member_id: str, *, as_of: dt.datetime, now: dt.date
     points = sum(lot.remaining for lot in lapsed)
     if points <= 0:
         return None
-    balance_after, seq = _bump_account(conn, member_id, delta=-points)
+    balance_after, held_after, seq = _bump_account(conn, member_id, delta=-points)
     entry_id = new_id()
     _write_entry(
         conn,
@@ -469,6 +479,7 @@ def expire(conn: Connection, member_id: str, *, as_of: dt.datetime, now: dt.date
         seq,
         -points,
         balance_after,
+        held_after,
         [{"id": lot.id, "points": lot.remaining, "expires_at": lot.expires_at} for lot in lapsed],
     )
 
@@ -501,7 +512,9 @@ def hold(
     """
     if points <= 0:
         raise ValueError("a hold needs positive points")
-    balance_after, seq = _bump_account(conn, member_id, delta=-points, held_delta=points, now=now, require_cover=points)
+    balance_after, held_after, seq = _bump_account(
+        conn, member_id, delta=-points, held_delta=points, now=now, require_cover=points
+    )
     entry_id = new_id()
     _write_entry(
         conn,
@@ -535,32 +548,41 @@ def hold(
             available=spendable,
         )
     _consume(conn, member_id, entry_id, plan)
-    return Posted(entry_id, seq, -points, balance_after)
+    return Posted(entry_id, seq, -points, balance_after, held_after)
 
 
-def _resolve(
-    conn: Connection, member_id: str, hold_id: str, status: str, now: dt.datetime
-) -> tuple[str, int, str, str]:
+def _pending_hold(conn: Connection, member_id: str, hold_id: str) -> Any:
+    """Lock a pending hold and read it; refuses one that does not exist or is already resolved.
+
+    Its resolution is written after the entry that resolves it (:func:`_resolved`), so that the
+    hold never names an entry that does not exist yet: its foreign key is checked at once."""
     h = holds.c
-    entry_id = new_id()
     row = conn.execute(
+        sa.select(h.points, h.capture_account, h.hold_entry_id, h.status)
+        .where(h.member_id == member_id, h.id == hold_id)
+        .with_for_update(key_share=True)
+    ).first()
+    if row is None:
+        raise NotFound(f"no hold {hold_id!r} for member {member_id!r}")
+    if row.status != "pending":
+        raise HoldNotPending(f"hold {hold_id!r} is already {row.status}", status=row.status)
+    return row
+
+
+def _resolved(conn: Connection, member_id: str, hold_id: str, status: str, entry_id: str, now: dt.datetime) -> None:
+    h = holds.c
+    conn.execute(
         sa.update(holds)
         .where(h.member_id == member_id, h.id == hold_id, h.status == "pending")
         .values(status=status, resolved_at=now, resolution_entry_id=entry_id)
-        .returning(h.points, h.capture_account, h.hold_entry_id)
-    ).first()
-    if row is None:
-        exists = conn.execute(sa.select(h.status).where(h.member_id == member_id, h.id == hold_id)).first()
-        if exists is None:
-            raise NotFound(f"no hold {hold_id!r} for member {member_id!r}")
-        raise HoldNotPending(f"hold {hold_id!r} is already {exists.status}", status=exists.status)
-    return entry_id, int(row.points), row.capture_account, row.hold_entry_id
+    )
 
 
 def capture(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) -> Posted:
     """Second phase, success: the held points go to the hold's capture account."""
-    entry_id, points, account, hold_entry_id = _resolve(conn, member_id, hold_id, "captured", now)
-    balance_after, seq = _bump_account(conn, member_id, delta=0, held_delta=-points)
+    hold = _pending_hold(conn, member_id, hold_id)
+    points, entry_id = int(hold.points), new_id()
+    balance_after, held_after, seq = _bump_account(conn, member_id, delta=0, held_delta=-points)
     _write_entry(
         conn,
         member_id=member_id,
@@ -568,12 +590,13 @@ def capture(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime)
         seq=seq,
         kind="capture",
         source_ref=hold_id,
-        lines=[Line(HOLDS, -points), Line(account, points)],
+        lines=[Line(HOLDS, -points), Line(hold.capture_account, points)],
         balance_after=balance_after,
         now=now,
-        related_entry_id=hold_entry_id,
+        related_entry_id=hold.hold_entry_id,
     )
-    return Posted(entry_id, seq, 0, balance_after)
+    _resolved(conn, member_id, hold_id, "captured", entry_id, now)
+    return Posted(entry_id, seq, 0, balance_after, held_after)
 
 
 def void(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) -> Posted:
@@ -584,8 +607,9 @@ def void(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) ->
     If a refund made the balance negative meanwhile, the returned points pay
     that debt first and only the rest goes back into lots.
     """
-    entry_id, points, _account, hold_entry_id = _resolve(conn, member_id, hold_id, "voided", now)
-    balance_after, seq = _bump_account(conn, member_id, delta=points, held_delta=-points)
+    hold = _pending_hold(conn, member_id, hold_id)
+    points, hold_entry_id, entry_id = int(hold.points), hold.hold_entry_id, new_id()
+    balance_after, held_after, seq = _bump_account(conn, member_id, delta=points, held_delta=-points)
     _write_entry(
         conn,
         member_id=member_id,
@@ -598,6 +622,7 @@ def void(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) ->
         now=now,
         related_entry_id=hold_entry_id,
     )
+    _resolved(conn, member_id, hold_id, "voided", entry_id, now)
     restore = min(points, max(0, balance_after))
     lc = lot_consumptions.c
     taken = conn.execute(
@@ -614,4 +639,4 @@ def void(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) ->
             plan.append((row.lot_id, -n))
             restore -= n
     _consume(conn, member_id, entry_id, plan)
-    return Posted(entry_id, seq, points, balance_after)
+    return Posted(entry_id, seq, points, balance_after, held_after)

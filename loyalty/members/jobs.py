@@ -153,7 +153,7 @@ def expiry(rt: Runtime, as_of: dt.datetime) -> Outcome:
                     payload={
                         "entry_id": posted.entry_id,
                         "points": -posted.points,
-                        "balance": posted.balance_after,
+                        "balance": posted.total_after,
                         "lots": [
                             {
                                 "lot_id": lot["id"],

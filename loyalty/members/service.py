@@ -16,7 +16,7 @@ from loyalty.db import insert_ignore
 from loyalty.errors import MemberNotFound
 from loyalty.events.service import emit
 from loyalty.ledger import service as ledger
-from loyalty.ledger.models import journal_entries, member_accounts, point_lots
+from loyalty.ledger.models import journal_entries, member_accounts, point_lots, postings
 from loyalty.records.models import members
 from loyalty.tiers import service as tiers
 from rules import Award, Programme, evaluate
@@ -102,7 +102,7 @@ def credit_bonus(
             "source": source,
             "entry_id": posted.entry_id,
             "points": posted.points,
-            "balance": posted.balance_after,
+            "balance": posted.total_after,
             "rules": [a.rule_id for a in awards],
         },
         now=earned_at or now,
@@ -114,7 +114,11 @@ def _tier(conn: Connection, member_id: str) -> str | None:
 
 
 def member_view(conn: Connection, member_id: str, *, programme: Programme, now: dt.datetime) -> dict[str, Any]:
-    """Balance, available and held points, points expiring soon, activity, tier and lifecycle stage."""
+    """Balance, held and available points, points expiring soon, activity, tier and lifecycle stage.
+
+    ``balance`` is the points the member owns, held ones included; ``held`` what pending
+    redemptions reserve; ``available`` = balance - held, what they can spend now (below zero
+    only after a refund took back points already spent)."""
     m, a = members.c, member_accounts.c
     row = conn.execute(
         sa.select(m.member_id, m.birth_date, m.enrolled_at, m.channel, a.balance, a.held, a.last_activity_at)
@@ -142,9 +146,10 @@ def member_view(conn: Connection, member_id: str, *, programme: Programme, now: 
         "birth_date": row.birth_date.isoformat() if row.birth_date else None,
         "enrolled_at": iso(row.enrolled_at),
         "channel": row.channel,
-        "balance": int(row.balance),
+        # The member account's stored balance is what is left after holds: the available points.
+        "balance": int(row.balance) + int(row.held),
         "held": int(row.held),
-        "available": max(0, int(row.balance)),
+        "available": int(row.balance),
         "expiring": [{"within_days": d, "points": int(getattr(expiring, f"d{d}"))} for d in EXPIRY_WINDOWS],
         "last_activity_at": iso(row.last_activity_at),
         **tiers.tier_view(conn, member_id, programme=programme, now=now),
@@ -175,16 +180,27 @@ def expiry_schedule(conn: Connection, member_id: str, *, zone: dt.tzinfo, now: d
 
 
 def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int | None) -> dict[str, Any]:
-    """The member's entries, newest first, ``limit`` at a time (keyset by seq)."""
+    """The member's entries, newest first, ``limit`` at a time (keyset by seq).
+
+    Each entry shows what it did to the member's balance (held points included), to the held
+    points and to the available points, as :func:`member_view` counts them. The ledger stores
+    the member account's balance, which holds leave out; the held points after an entry are the
+    member's ``holds`` postings up to it."""
     if conn.execute(sa.select(members.c.member_id).where(members.c.member_id == member_id)).first() is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled")
-    je = journal_entries.c
+    je, p = journal_entries.c, postings.c
+    held_change = (
+        sa.select(sa.func.coalesce(sa.func.sum(p.amount), 0))
+        .where(p.member_id == je.member_id, p.entry_id == je.id, p.account == ledger.HOLDS)
+        .scalar_subquery()
+    )
     q = sa.select(
         je.id,
         je.seq,
         je.kind,
         je.points,
         je.balance_after,
+        held_change.label("held_change"),
         je.transaction_id,
         je.source_ref,
         je.related_entry_id,
@@ -196,23 +212,38 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
     rows = conn.execute(q.order_by(je.seq.desc()).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
+    entries: list[dict[str, Any]] = []
+    if rows:
+        # Entries are never changed, so what was held before the page's oldest entry is fixed.
+        held = int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(p.amount), 0))
+                .select_from(postings.join(journal_entries, sa.and_(je.member_id == p.member_id, je.id == p.entry_id)))
+                .where(p.member_id == member_id, p.account == ledger.HOLDS, je.seq < rows[-1].seq)
+            ).scalar_one()
+        )
+        for r in reversed(rows):
+            held += int(r.held_change)
+            available = int(r.balance_after)
+            entries.append(
+                {
+                    "entry_id": r.id,
+                    "seq": r.seq,
+                    "kind": r.kind,
+                    "points": int(r.points) + int(r.held_change),
+                    "balance_after": available + held,
+                    "held_after": held,
+                    "available_after": available,
+                    "transaction_id": r.transaction_id,
+                    "source_ref": r.source_ref,
+                    "related_entry_id": r.related_entry_id,
+                    "posted_at": iso(r.posted_at),
+                    "occurred_at": iso(r.occurred_at),
+                }
+            )
+        entries.reverse()
     return {
         "member_id": member_id,
-        "entries": [
-            {
-                "entry_id": r.id,
-                "seq": r.seq,
-                "kind": r.kind,
-                "points": int(r.points),
-                "balance_after": int(r.balance_after),
-                "transaction_id": r.transaction_id,
-                "source_ref": r.source_ref,
-                "related_entry_id": r.related_entry_id,
-                "posted_at": iso(r.posted_at),
-                "occurred_at": iso(r.occurred_at),
-            }
-            for r in rows
-        ],
+        "entries": entries,
         "next_cursor": str(rows[-1].seq) if more else None,
     }
-

@@ -76,8 +76,9 @@ transactions = sa.Table(
     sa.Column("points", sa.BigInteger, nullable=False),
     sa.Column("reversed_amount", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("reversed_points", sa.BigInteger, nullable=False, server_default="0"),
+    #: the journal entry of the points it earned; NULL when it earned none
     sa.Column("entry_id", sa.Uuid(as_uuid=False)),
-    #: the member's balance right after the transaction was booked
+    #: the member's balance right after the transaction was booked, held points included (the API's ``balance``)
     sa.Column("balance_after", sa.BigInteger, nullable=False),
     sa.Column("programme_version", sa.String(32), nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
@@ -86,6 +87,13 @@ transactions = sa.Table(
     sa.CheckConstraint("reversed_amount >= 0 AND reversed_amount <= amount", name="reversed_amount_in_range"),
     sa.CheckConstraint("reversed_points >= 0 AND reversed_points <= points", name="reversed_points_in_range"),
     sa.CheckConstraint(sa.column("type").in_(TRANSACTION_TYPES), name="type"),
+    #: checked at commit: the release before 0008 wrote a transaction before its entry
+    sa.ForeignKeyConstraint(
+        ["member_id", "entry_id"],
+        ["journal_entries.member_id", "journal_entries.id"],
+        deferrable=True,
+        initially="DEFERRED",
+    ),
     sa.Index("ix_transactions_occurred_at", "occurred_at"),
     #: a member's transactions in time order; tier metrics count them by channel from the index alone (PostgreSQL)
     sa.Index("ix_transactions_member_id_occurred_at", "member_id", "occurred_at", postgresql_include=["channel"]),
@@ -105,6 +113,7 @@ reversals = sa.Table(
     #: of ``points_due``, how many were qualifying (they stop counting toward tier)
     sa.Column("qualifying_points", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("entry_id", sa.Uuid(as_uuid=False)),
+    #: the member's balance right after the refund, held points included (the API's ``balance``)
     sa.Column("balance_after", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.ForeignKeyConstraint(["member_id", "transaction_id"], ["transactions.member_id", "transactions.transaction_id"]),

@@ -44,6 +44,7 @@ redemptions = sa.Table(
     sa.Column("fulfilled_at", UTCDateTime),
     sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),
     sa.CheckConstraint("quantity > 0 AND points >= 0", name="amounts"),
+    sa.ForeignKeyConstraint(["member_id", "hold_id"], ["holds.member_id", "holds.id"]),
     sa.Index("ix_redemptions_status_next_attempt_at", "status", "next_attempt_at"),
     sa.Index("ix_redemptions_member_id_benefit_code_created_at", "member_id", "benefit_code", "created_at"),
     #: a partner's deliveries in a period, for reconciliation with its statements

@@ -37,7 +37,7 @@ from loyalty import calendar
 from loyalty.calendar import iso
 from loyalty.catalogue import codes
 from loyalty.catalogue.benefit import Benefit, Entitlement, all_benefits, benefit_from_row
-from loyalty.catalogue.models import PERIODS, benefits
+from loyalty.catalogue.models import PERIODS, benefits, voucher_codes
 from loyalty.errors import InsufficientPoints, MemberNotFound, UnknownMember, ValidationError
 from loyalty.idempotency import Result, claim_key, idempotency_keys, request_hash
 from loyalty.ledger import service as ledger
@@ -278,12 +278,13 @@ def redeem(
         raise OutOfStock(f"benefit {benefit.code!r} has fewer than {cmd.quantity} left", field="benefit_code")
     hold_id = None
     if deal.points:
+        # The member account's balance is what holds leave: the available points.
         if deal.points > int(member.balance):
             raise InsufficientPoints(
-                f"{deal.points} points needed, {max(0, int(member.balance))} available",
+                f"{deal.points} points needed, {int(member.balance)} available",
                 field="quantity",
                 required=deal.points,
-                available=max(0, int(member.balance)),
+                available=int(member.balance),
             )
         account = benefit.capture_account
         ledger.hold(conn, cmd.member_id, cmd.redemption_id, deal.points, capture_account=account, now=now)
@@ -394,6 +395,19 @@ def issued_codes(conn: Connection, secret_key: str, view: dict[str, Any]) -> lis
     )
 
 
+def issued_count(conn: Connection, view: dict[str, Any]) -> int:
+    """How many voucher codes the redemption ``view`` shows holds, without decrypting any."""
+    if view["benefit"]["fulfilment"] != "pool":
+        return 0
+    vc = voucher_codes.c
+    count = sa.select(sa.func.count()).where(
+        vc.benefit_code == view["benefit"]["code"],
+        vc.member_id == view["member_id"],
+        vc.redemption_id == view["redemption_id"],
+    )
+    return int(conn.execute(count).scalar_one())
+
+
 # ---- cancelling -----------------------------------------------------------------------------------------------
 
 
@@ -480,7 +494,7 @@ def member_benefits(conn: Connection, member_id: str, *, zone: dt.tzinfo, now: d
     member = _member(conn, member_id)
     if member is None:
         raise MemberNotFound(f"member {member_id!r} is not enrolled", field="member_id")
-    available = max(0, int(member.balance))
+    available = int(member.balance)  # balance - held: what holds leave on the member account
     used = usage(conn, member_id, now=now, zone=zone)
     return {
         "member_id": member_id,
