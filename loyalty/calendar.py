@@ -80,12 +80,14 @@ def period(name: str, moment: dt.datetime, zone: dt.tzinfo) -> Period:
 
 
 def labelled(label: str, zone: dt.tzinfo) -> Period:
-    """The local month ``YYYY-MM``, quarter ``YYYY-Qn`` or year ``YYYY`` a label names.
-    Raises ``ValueError`` for anything else."""
+    """The local month ``YYYY-MM``, quarter ``YYYY-Qn`` or year ``YYYY`` a label names, in the
+    years 1900 to 2999. Raises ``ValueError`` for anything else."""
     match = re.fullmatch(r"([0-9]{4})(?:-(?:([0-9]{2})|Q([1-4])))?", label)
     if match is None:
         raise ValueError(f"{label!r} is not a month YYYY-MM, a quarter YYYY-Qn or a year YYYY")
     year_, month_, quarter_ = match.groups()
+    if not 1900 <= int(year_) <= 2999:
+        raise ValueError(f"{label!r} is not in the years 1900 to 2999")
     if month_ is not None:
         if not 1 <= int(month_) <= 12:
             raise ValueError(f"{label!r} has no month {month_}")

@@ -125,9 +125,9 @@ def live_server(database_url: str, directory: Path) -> Iterator[LiveServer]:
             if process.poll() is not None:
                 raise AssertionError(f"gunicorn exited {process.returncode}:\n{server.log_tail()}")
             try:
-                if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
+                if requests.get(f"{server.url}/health", timeout=10).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"gunicorn did not answer /health within 60 s:\n{server.log_tail()}")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from loyalty.catalogue.service import install_default
 from loyalty.db import transaction
 from loyalty.jobs.runner import run_job
 from loyalty.ledger import verify
-from tests.helpers import enrol, txn
+from tests.helpers import before, enrol, revision_named, txn
 from tests.test_events_feed import settle
 
 
@@ -42,6 +44,7 @@ def accrued_balances(client: Any) -> dict[str, int]:
     return {e["data"].get("transaction_id") or e["data"]["source"]: e["data"]["balance"] for e in events}
 
 
+@pytest.mark.committed  # reads the event feed, which waits for every open transaction
 def test_held_points_stay_in_the_balance_and_leave_the_available_points(client, runtime, clock):
     with transaction(runtime.engine) as conn:
         install_default(conn, runtime.programme.ladder.codes, actor="test", now=runtime.now())
@@ -121,9 +124,11 @@ def test_available_goes_below_zero_only_when_a_refund_takes_back_spent_points(cl
     assert lines(client)[-1] == ("reversal", -500, 500, 900, -400)
 
 
+@pytest.mark.committed  # a migration runs in transactions of its own
 def test_the_migration_adds_the_points_held_then_to_the_balances_stored_before_it(client, runtime, clock):
-    """Revision 0007: a transaction's or refund's stored balance now includes the points held when it
-    was booked. Going back to 0006 takes them out again; coming forward puts them back."""
+    """The migration ``balances_include_held``: a transaction's or refund's stored balance now
+    includes the points held when it was booked. Going back below it takes them out again; coming
+    forward puts them back."""
     import sqlalchemy as sa
     from alembic import command
 
@@ -158,8 +163,8 @@ def test_the_migration_adds_the_points_held_then_to_the_balances_stored_before_i
     cfg = alembic_config(runtime.engine.url.render_as_string(hide_password=False))
     with runtime.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0006")
-    assert stored() == {"t1": 1_000, "t2": 900, "f1": 400}, "before 0007: the member account's balance"
+        command.downgrade(cfg, before(revision_named("balances_include_held")))
+    assert stored() == {"t1": 1_000, "t2": 900, "f1": 400}, "before the migration: the member account's balance"
     upgrade(runtime.engine)
     assert stored() == {"t1": 1_000, "t2": 1_200, "f1": 700}
     assert client.get("/v1/transactions/t2").get_json()["balance"] == 1_200

@@ -1,6 +1,6 @@
 """The database itself refuses rows that name what does not exist, or contradict themselves: foreign
 keys within the member for transactions, holds and redemptions; CHECKs on benefits and voucher codes.
-Each is broken with SQL behind the application's back, on both backends. Migration 0008 adds them
+Each is broken with SQL behind the application's back, on both backends. Migration 0011 adds them
 to a database that already holds data."""
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from loyalty.redemption.models import redemptions
 from loyalty.runtime import Runtime
 from rules import Award
 from tests.conftest import TEST_SECRET_KEY
-from tests.helpers import txn
+from tests.helpers import head_revision, revision_named, txn
 
 #: The revision that adds the constraints.
-REVISION = "0008"
+REVISION = revision_named("constraints_and_webhook_secrets")
 
 
 # --- a ledger to break ---------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_a_resolved_hold_names_an_entry_of_its_own_member(runtime, ledger_rows):
 
 
 def test_the_previous_releases_write_order_is_checked_at_commit(runtime, ledger_rows):
-    """The release before 0008 wrote a transaction before its journal entry, and resolved a hold
+    """The release before 0011 wrote a transaction before its journal entry, and resolved a hold
     before writing the entry that resolves it. Those two keys are checked at commit, so nodes of that
     release keep working on the new schema while the others are upgraded."""
     now = runtime.now()
@@ -266,7 +266,7 @@ def test_a_voucher_codes_state_matches_its_redemption(runtime, ledger_rows, valu
 
 
 def previous_revision() -> str:
-    """The revision 0008 follows (``down_revision``, whatever the branch it was merged onto)."""
+    """The revision the constraints follow (``down_revision``, whatever the branch it was merged onto)."""
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     down = script.get_revision(REVISION).down_revision
     assert isinstance(down, str)
@@ -291,6 +291,7 @@ def version(rt: Runtime) -> str:
         return str(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one())
 
 
+@pytest.mark.committed  # migrations run in transactions of their own
 def test_the_migration_adds_the_constraints_to_a_database_that_holds_data(runtime, client, clock, tmp_path: Path):
     """Data of every kind the new keys and checks cover, written by this release's code before the
     migration, satisfies them; on SQLite the tables other rows point at are rebuilt all the same."""
@@ -341,7 +342,7 @@ def test_the_migration_adds_the_constraints_to_a_database_that_holds_data(runtim
 
     upgrade(runtime.engine)
 
-    assert version(runtime) == REVISION
+    assert version(runtime) == head_revision()
     assert counts(runtime) == before
     with transaction(runtime.engine, readonly=True) as conn:
         outcomes = verify.run(conn)
@@ -357,6 +358,7 @@ def test_the_migration_adds_the_constraints_to_a_database_that_holds_data(runtim
     } <= keys
 
 
+@pytest.mark.committed
 def test_the_migration_refuses_a_database_whose_rows_name_entries_that_do_not_exist(runtime, ledger_rows):
     """Such rows cannot come from the engine; if a database has them anyway, the migration says so and
     changes nothing, rather than leave a key the rows break."""
@@ -372,4 +374,4 @@ def test_the_migration_refuses_a_database_whose_rows_name_entries_that_do_not_ex
         }
         conn.execute(transactions.delete().where(transactions.c.transaction_id == "dangling"))
     upgrade(runtime.engine)
-    assert version(runtime) == REVISION
+    assert version(runtime) == head_revision()

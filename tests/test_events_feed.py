@@ -26,7 +26,7 @@ def emit_all(engine: sa.Engine, *events: tuple[str, str | None], now: Any) -> No
             emit(conn, type_, member_id=member_id, payload={"n": i}, now=now)
 
 
-def settle(engine: sa.Engine, timeout: float = 60) -> None:
+def settle(engine: sa.Engine, timeout: float = 180) -> None:
     """Wait until every committed event is visible in the feed.
 
     On PostgreSQL an event shows once every transaction older than it has

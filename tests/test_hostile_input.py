@@ -635,13 +635,28 @@ def test_a_lone_surrogate_in_a_key_is_named_with_an_escape(client):
     assert problem["errors"] == [{"field": "na\\ud800me", "messages": [message]}]
 
 
-def test_a_surrogate_in_a_batch_item_refuses_the_batch_naming_the_item(client, engine):
+def test_a_surrogate_in_a_batch_item_refuses_that_item_alone_naming_its_field(client, engine):
+    """As any other fault of an item: the others are booked, the item gets its own 422 naming the
+    field within it, and nothing of it is written."""
     enrol(client)
-    before = dump_tables(engine)
     body = {"transactions": [txn("t1"), txn("t2", merchant="\ud800"), txn("t3")]}
     r = client.post("/v1/transactions/batch", data=dumps(body), content_type="application/json")
+    assert r.status_code == 200
+    results = r.get_json()["results"]
+    assert [x["status"] for x in results] == [201, 422, 201]
+    assert results[1]["problem"]["field"] == "merchant"
+    assert [e["field"] for e in results[1]["problem"]["errors"]] == ["merchant"]
+    assert client.get("/v1/transactions/t2").status_code == 404
+    assert client.get("/v1/transactions/t3").status_code == 200
+
+
+def test_a_surrogate_beside_the_items_refuses_the_batch(client, engine):
+    enrol(client)
+    before = dump_tables(engine)
+    body = {"transactions": [txn("t1")], "\ud800": 1}
+    r = client.post("/v1/transactions/batch", data=dumps(body), content_type="application/json")
     assert r.status_code == 422
-    assert r.get_json()["field"] == "transactions[1].merchant"
+    assert r.get_json()["field"] == "\\ud800"
     assert dump_tables(engine) == before
 
 

@@ -25,6 +25,7 @@ from loyalty.runtime import Runtime
 from loyalty.sealing import CannotOpen, Sealer
 from tests.conftest import TEST_SECRET_KEY, make_key
 from tests.contract import ContractClient
+from tests.helpers import head_revision
 from tests.test_constraints import downgrade, previous_revision
 from tests.test_events_feed import settle
 from tests.test_webhooks import Receiver, event, verify
@@ -74,6 +75,7 @@ def signed_with(secret: str, received: Any) -> bool:
     return verify(secret, received.headers, received.body, now=float(received.headers["X-Loyalty-Timestamp"]))
 
 
+@pytest.mark.committed  # the job sends from threads and reads the feed
 def test_the_database_never_holds_the_secret_and_deliveries_are_signed_with_it(client, runtime, receiver):
     r = client.post("/v1/webhooks", json={"url": receiver.url, "secret": SECRET}, headers={"Idempotency-Key": "k1"})
     assert r.status_code == 201
@@ -107,6 +109,7 @@ def test_without_the_secret_key_a_subscription_is_refused_and_nothing_is_written
         assert conn.execute(sa.select(sa.func.count()).select_from(webhook_subscriptions)).scalar_one() == 0
 
 
+@pytest.mark.committed  # the job sends from threads and reads the feed
 def test_a_sealed_secret_that_cannot_be_opened_fails_the_run_and_spends_no_attempt(client, runtime, receiver):
     sub = client.post("/v1/webhooks", json={"url": receiver.url, "secret": SECRET}).get_json()
     event(runtime)
@@ -133,7 +136,7 @@ def test_a_sealed_secret_that_cannot_be_opened_fails_the_run_and_spends_no_attem
 
 
 def subscribe_before_sealing(rt: Runtime, url: str) -> str:
-    """A subscription as the release before 0008 wrote it, on its schema: the secret in clear."""
+    """A subscription as the release before 0011 wrote it, on its schema: the secret in clear."""
     subscription_id = str(uuid.uuid4())
     with transaction(rt.engine) as conn:
         conn.execute(
@@ -148,7 +151,7 @@ def subscribe_before_sealing(rt: Runtime, url: str) -> str:
 
 @pytest.fixture
 def legacy(runtime: Runtime, receiver: Receiver) -> str:
-    """A subscription made before migration 0008, migrated: its secret still in clear."""
+    """A subscription made before migration 0011, migrated: its secret still in clear."""
     downgrade(runtime, previous_revision())
     subscription_id = subscribe_before_sealing(runtime, receiver.url)
     upgrade(runtime.engine)
@@ -157,6 +160,7 @@ def legacy(runtime: Runtime, receiver: Receiver) -> str:
     return subscription_id
 
 
+@pytest.mark.committed  # migrations run in transactions of their own
 def test_a_subscription_from_before_sealing_is_signed_as_before_then_sealed_by_the_job(
     runtime, client, receiver, legacy
 ):
@@ -178,6 +182,7 @@ def test_a_subscription_from_before_sealing_is_signed_as_before_then_sealed_by_t
     assert client.get(f"/v1/webhooks/{legacy}").get_json()["secret_hint"] == "****g-42"  # noqa: S105
 
 
+@pytest.mark.committed
 def test_the_command_seals_subscriptions_from_before_sealing(runtime, database_url, legacy):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
     env["LOYALTY_DATABASE_URL"] = database_url
@@ -197,9 +202,10 @@ def test_the_command_seals_subscriptions_from_before_sealing(runtime, database_u
     assert again.stdout.strip() == "no webhook secret is stored in clear"
 
 
+@pytest.mark.committed
 def test_a_downgrade_below_sealing_is_refused_while_a_secret_is_sealed(runtime, client, receiver):
     client.post("/v1/webhooks", json={"url": receiver.url, "secret": SECRET})
     with pytest.raises(RuntimeError, match="cannot open"):
         downgrade(runtime, previous_revision())
     with transaction(runtime.engine, readonly=True) as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0008"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == head_revision()

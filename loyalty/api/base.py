@@ -68,10 +68,11 @@ def encode(body: Any) -> bytes:
         return json.dumps(body).encode("ascii")
 
 
-def json_body() -> Any:
+def json_body(*, storable: bool = True) -> Any:
     """The request's JSON body; refuses a wrong content type, an oversized body, text that is not
-    UTF-8 JSON, nesting deeper than :data:`~loyalty.validation.MAX_DEPTH`, and strings or numbers
-    no database can store (:func:`~loyalty.validation.check_storable`)."""
+    UTF-8 JSON, nesting deeper than :data:`~loyalty.validation.MAX_DEPTH`, and, unless
+    ``storable`` is false (the caller checks the parts itself), strings or numbers no database can
+    store (:func:`~loyalty.validation.check_storable`)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("send the body as application/json", field="Content-Type")
     try:
@@ -91,7 +92,8 @@ def json_body() -> Any:
         body = json.loads(text, parse_float=json_number)
     except ValueError as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}", field="body") from None
-    check_storable(body)
+    if storable:
+        check_storable(body)
     return body
 
 
@@ -169,8 +171,8 @@ def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 200 or not key.isprintable():
-        raise ValidationError.one("Idempotency-Key", "must be 1 to 200 printable characters")
+    if not re.fullmatch(r"[\x20-\x7e]{1,200}", key):
+        raise ValidationError.one("Idempotency-Key", "must be 1 to 200 printable ASCII characters")
     return key
 
 

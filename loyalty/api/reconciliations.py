@@ -49,7 +49,7 @@ def create_reconciliation() -> Response:
 @requires("finance")
 def list_reconciliations() -> Response:
     """The latest reconciliations, newest first, optionally of one partner."""
-    partner = request.args.get("partner") or None
+    partner = request.args.get("partner")
     if partner is not None and not PARTNER_NAME.fullmatch(partner):
         raise ValidationError.one("partner", "is not a partner name (lower-case letters, digits, - and _)")
     limit = int_arg("limit", 50, 1, 500) or 50

@@ -29,7 +29,7 @@ from loyalty.api.base import (
 from loyalty.db import transaction
 from loyalty.errors import LoyaltyError
 from loyalty.idempotency import Result
-from loyalty.validation import load
+from loyalty.validation import check_storable, load
 
 
 @bp.post("/transactions")
@@ -76,7 +76,9 @@ def post_batch() -> Response:
 
     One bad item does not stop the others; results come back in order.
     """
-    body = json_body()
+    # An item holding what no database can store is that item's problem, not the batch's.
+    body = json_body(storable=False)
+    check_storable({k: v for k, v in body.items() if k != "transactions"} if isinstance(body, dict) else body)
     items = load(BATCH_SCHEMA, body)["transactions"]
     rt = runtime()
     key = idempotency_key()
@@ -89,6 +91,7 @@ def post_batch() -> Response:
     results: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
+            check_storable(item)
             cmd = load_transaction(item, rt.now())
             with transaction(rt.engine) as conn:
                 programme = rt.programmes.at(cmd.occurred_at)

@@ -53,7 +53,7 @@ webhook_subscriptions = sa.Table(
     #: the HMAC key deliveries are signed with (the receiver holds it too), sealed with AES-GCM under
     #: LOYALTY_SECRET_KEY and bound to the subscription id (:mod:`loyalty.events.webhooks`)
     sa.Column("secret_sealed", sa.Text),
-    #: the same key in clear: only in a row written before secrets were sealed (migration 0008) and
+    #: the same key in clear: only in a row written before secrets were sealed (migration 0011) and
     #: not sealed since, by the ``webhooks`` job or ``loyalty webhooks seal-secrets``
     sa.Column("secret", sa.String(200)),
     #: the key's last four characters, shown to tell subscriptions apart (NULL only in a row the

@@ -4,7 +4,7 @@ A subscription names a URL, the event types it wants (none: every type) and
 a secret. The secret is stored only sealed (:mod:`loyalty.sealing`, purpose
 ``webhook-secrets``, bound to the subscription id), with its last four
 characters as a hint; it is opened to sign each delivery. A row written
-before secrets were sealed (migration 0008) holds its secret in clear until
+before secrets were sealed (migration 0011) holds its secret in clear until
 it is sealed, by the first run of the job with ``LOYALTY_SECRET_KEY`` set or
 by ``loyalty webhooks seal-secrets`` (:func:`seal_legacy_secrets`); until
 then deliveries are signed with the clear secret, so none is lost.

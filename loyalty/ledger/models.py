@@ -153,7 +153,7 @@ holds = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime),
     sa.ForeignKeyConstraint(["member_id", "hold_entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
-    #: checked at commit: the release before 0008 resolved a hold before writing its entry
+    #: checked at commit: the release before 0011 resolved a hold before writing its entry
     sa.ForeignKeyConstraint(
         ["member_id", "resolution_entry_id"],
         ["journal_entries.member_id", "journal_entries.id"],

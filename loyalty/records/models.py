@@ -87,7 +87,7 @@ transactions = sa.Table(
     sa.CheckConstraint("reversed_amount >= 0 AND reversed_amount <= amount", name="reversed_amount_in_range"),
     sa.CheckConstraint("reversed_points >= 0 AND reversed_points <= points", name="reversed_points_in_range"),
     sa.CheckConstraint(sa.column("type").in_(TRANSACTION_TYPES), name="type"),
-    #: checked at commit: the release before 0008 wrote a transaction before its entry
+    #: checked at commit: the release before 0011 wrote a transaction before its entry
     sa.ForeignKeyConstraint(
         ["member_id", "entry_id"],
         ["journal_entries.member_id", "journal_entries.id"],

@@ -1,7 +1,7 @@
 """valuation settings and period close
 
 Revision ID: 0009
-Revises: 0008
+Revises: 0007
 Create Date: 2026-12-05 20:00:00
 
 Finance's valuation of outstanding points, versioned by effective date: the
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,8 +1,8 @@
 """constraints the schema was missing; webhook secrets sealed
 
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-05 19:30:00
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-05 21:30:00
 
 Each migration must work with the code of the previous release still
 running, so that nodes can be upgraded one at a time.
@@ -48,8 +48,8 @@ checks every key before it commits.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
@@ -131,8 +131,8 @@ def downgrade() -> None:
     if sealed:
         raise RuntimeError(
             f"{sealed} webhook subscriptions hold their secrets sealed under LOYALTY_SECRET_KEY, which a "
-            "migration cannot open, and the schema before 0008 keeps them only in clear: delete those rows "
-            "(and their deliveries) and subscribe the receivers again after the downgrade, or stay at 0008"
+            "migration cannot open, and the schema before 0011 keeps them only in clear: delete those rows "
+            "(and their deliveries) and subscribe the receivers again after the downgrade, or stay at 0011"
         )
     for table in dict.fromkeys(table for table, _, _ in reversed(CHECKS)):
         with op.batch_alter_table(table, schema=None) as batch_op:

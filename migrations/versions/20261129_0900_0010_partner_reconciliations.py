@@ -2,7 +2,7 @@
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-12-05 21:00:00
+Create Date: 2026-11-29 09:00:00
 
 A partner's statement reconciled with the redemptions it fulfilled: one row
 per reconciliation, one per line of its result; and an index to read a

@@ -1,8 +1,8 @@
 """balances include held points
 
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-05 21:10:00
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-05 21:40:00
 
 The API now counts a member's points as banks count an account's money:
 ``balance`` is what the member owns, held points included; ``held`` what
@@ -25,8 +25,8 @@ balance until it is corrected by running the same statement again.
 
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
