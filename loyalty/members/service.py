@@ -247,3 +247,15 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
         "entries": entries,
         "next_cursor": str(rows[-1].seq) if more else None,
     }
+
+
+def counts_by_tier_and_stage(conn: Connection) -> list[dict[str, Any]]:
+    """How many members each tier holds in each lifecycle stage (the tier as stored: an override included)."""
+    m = members.c
+    tier = sa.func.coalesce(m.override_tier, m.tier)
+    rows = conn.execute(
+        sa.select(tier.label("tier"), m.lifecycle_stage, sa.func.count().label("members"))
+        .group_by(tier, m.lifecycle_stage)
+        .order_by(tier, m.lifecycle_stage)
+    )
+    return [{"tier": r.tier, "stage": r.lifecycle_stage, "members": int(r.members)} for r in rows]

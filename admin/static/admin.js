@@ -1,0 +1,26 @@
+// Charts drawn from the tables beside them (no inline scripts: the Content-Security-Policy forbids them).
+(function () {
+  "use strict";
+  var colours = ["#a5142a", "#1f6fb2", "#2f8f4e", "#d08a00", "#6b4fa0", "#5d6b7a"];
+  document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
+    var table = document.getElementById(canvas.dataset.table);
+    if (!table || typeof Chart === "undefined") { return; }
+    var heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) { return th.textContent; });
+    var rows = Array.prototype.slice.call(table.querySelectorAll("tbody tr"));
+    var labels = rows.map(function (tr) { return tr.cells[0].textContent; });
+    var datasets = heads.slice(1).map(function (head, i) {
+      return {
+        label: head,
+        data: rows.map(function (tr) { return Number(tr.cells[i + 1].dataset.value || 0); }),
+        backgroundColor: colours[i % colours.length],
+        borderColor: colours[i % colours.length],
+        fill: false
+      };
+    });
+    new Chart(canvas, {
+      type: canvas.dataset.chart,
+      data: { labels: labels, datasets: datasets },
+      options: { animation: false, responsive: true, maintainAspectRatio: false }
+    });
+  });
+})();
