@@ -24,3 +24,27 @@
     });
   });
 })();
+
+// The draft editor checks the document as it is typed and names each fault by its JSON path.
+(function () {
+  "use strict";
+  var token = document.querySelector("input[name=csrf_token]");
+  document.querySelectorAll("textarea[data-check]").forEach(function (area) {
+    var out = area.parentNode.querySelector(".check");
+    var timer = null;
+    function check() {
+      var body = new URLSearchParams();
+      body.set("document", area.value);
+      fetch(area.dataset.check, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "X-CSRFToken": token ? token.value : "" },
+        body: body
+      }).then(function (r) { return r.json(); }).then(function (answer) {
+        out.className = "check " + (answer.valid ? "ok" : "error");
+        out.textContent = answer.valid ? "✓ " + answer.version + " (" + answer.rules + ")" : answer.path + ": " + answer.message;
+      });
+    }
+    area.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(check, 400); });
+  });
+})();
