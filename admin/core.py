@@ -269,6 +269,12 @@ def _http_error(err: HTTPException) -> tuple[str, int]:
     return render_template("admin/error.html", status=code, message=messages.get(code, err.description)), code
 
 
+@bp.errorhandler(Exception)
+def _failed(err: Exception) -> tuple[str, int]:
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return render_template("admin/error.html", status=500, message=_("The server failed; the error is logged.")), 500
+
+
 @bp.errorhandler(LoyaltyError)
 def _refused(err: LoyaltyError) -> tuple[str, int]:
     return render_template("admin/error.html", status=err.status, message=err.detail), err.status
@@ -367,12 +373,12 @@ def field_errors(exc: ValidationError) -> dict[str, list[str]]:
     return dict(exc.errors)
 
 
-def table_download(title: str, header: Sequence[str], rows: list[Sequence[Any]]) -> Response | None:
+def table_download(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Response | None:
     """The table as ``?format=csv`` or ``?format=xlsx``; ``None`` for the page itself."""
     fmt = request.args.get("format")
     if fmt not in ("csv", "xlsx"):
         return None
-    body = export.render((header, rows), fmt, title=title)
+    body = export.render((header, list(rows)), fmt, title=title)
     return Response(
         body,
         mimetype=export.MEDIA_TYPES[fmt],

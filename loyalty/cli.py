@@ -112,12 +112,6 @@ def _admin_call(operation):  # type: ignore[no-untyped-def]
         raise click.ClickException(exc.detail) from None
 
 
-def _cli_actor() -> str:
-    import getpass
-
-    return f"cli:{getpass.getuser()}"
-
-
 @admin_users_group.command("create")
 @click.argument("username")
 @click.option("--roles", required=True, help="Comma-separated: catalogue, rules, finance, support, auditor, admin.")

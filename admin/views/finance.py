@@ -158,9 +158,13 @@ def valuation() -> Any:
                 raise ValidationError.one("funding_source", "name the funding source, e.g. bank")
             with transaction(rt.engine) as conn:
                 settings.set_value(
-                    conn, kind=kind, funding_source=source,
+                    conn,
+                    kind=kind,
+                    funding_source=source,
                     effective_from=local_day(form.get("effective_from"), "effective_from"),
-                    value=value, actor=actor(), now=rt.now(),
+                    value=value,
+                    actor=actor(),
+                    now=rt.now(),
                 )
         except ValidationError as exc:
             errors, status = dict(exc.errors), 422
@@ -175,8 +179,13 @@ def valuation() -> Any:
     if download is not None:
         return download
     return render_template(
-        "admin/valuation.html", settings=found, kinds=SETTING_KINDS, errors=errors, form=Form(),
-        args=request.form, today=today().isoformat(),
+        "admin/valuation.html",
+        settings=found,
+        kinds=SETTING_KINDS,
+        errors=errors,
+        form=Form(),
+        args=request.form,
+        today=today().isoformat(),
     ), status
 
 
@@ -192,7 +201,11 @@ def close_periods() -> Any:
             periods.month_of(label, zone())
             with transaction(rt.engine) as conn:
                 periods.close(
-                    conn, label, zone=zone(), default_point_value=rt.settings.point_value_fen, actor=actor(),
+                    conn,
+                    label,
+                    zone=zone(),
+                    default_point_value=rt.settings.point_value_fen,
+                    actor=actor(),
                     now=rt.now(),
                 )
         except LoyaltyError as exc:
@@ -242,11 +255,14 @@ def reconciliation_list() -> Any:
             start = local_day(form["from"], "from") if form.get("from") else None
             end = local_day(form["to"], "to") if form.get("to") else None
             prepared = statement.prepare(
-                form.get("partner") or None, upload.read() if upload else b"",
-                known_partners=rt.settings.partners, start=start, end=end,
+                form.get("partner") or None,
+                upload.read() if upload else b"",
+                known_partners=rt.settings.partners,
+                start=start,
+                end=end,
             )
             with transaction(rt.engine) as conn:
-                made = reconciliations.reconcile(conn, prepared, zone=zone(), actor=actor(), now=rt.now())
+                made = reconciliations.reconcile(conn, prepared, zone=rt.programme.zone, actor=actor(), now=rt.now())
         except LoyaltyError as exc:
             errors = dict(exc.errors) if isinstance(exc, ValidationError) else {exc.field or "statement": [exc.detail]}
             status = exc.status
@@ -259,8 +275,14 @@ def reconciliation_list() -> Any:
     if download is not None:
         return download
     return render_template(
-        "admin/reconciliations.html", found=found, header=header, rows=rows, errors=errors, form=Form(),
-        partners=sorted(rt.settings.partners), args=request.form,
+        "admin/reconciliations.html",
+        found=found,
+        header=header,
+        rows=rows,
+        errors=errors,
+        form=Form(),
+        partners=sorted(rt.settings.partners),
+        args=request.form,
     ), status
 
 

@@ -83,8 +83,14 @@ def tier_override(member_id: str) -> Any:
         assert until is not None
         with transaction(rt.engine) as conn:
             tiers.set_override(
-                conn, member_id, tier=form.get("tier", ""), until=until, reason=reason, actor=actor(),
-                programme=rt.programme, now=rt.now(),
+                conn,
+                member_id,
+                tier=form.get("tier", ""),
+                until=until,
+                reason=reason,
+                actor=actor(),
+                programme=rt.programme,
+                now=rt.now(),
             )
     except LoyaltyError as exc:
         errors = dict(exc.errors) if isinstance(exc, ValidationError) else {exc.field or "tier": [exc.detail]}

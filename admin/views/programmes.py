@@ -151,8 +151,13 @@ def simulate_draft(version: str) -> Any:
         }
         with reading() as conn:
             result = simulate.simulate(
-                conn, rt, member_id=form.get("member_id") or None, version=version, event="transaction",
-                transaction=transaction_doc, context=None,
+                conn,
+                rt,
+                member_id=form.get("member_id") or None,
+                version=version,
+                event="transaction",
+                transaction=transaction_doc,
+                context=None,
             )
     except LoyaltyError as exc:
         errors = fault(exc)
@@ -176,9 +181,12 @@ def backtest_draft(version: str) -> Any:
             raise ValidationError.one("to", "must not be before from")
         with reading() as conn:
             report = backtest.run(
-                conn, service.draft(conn, version),
-                start=calendar.start_of(start, zone()), end=calendar.day_of(end, zone()).end,
-                point_value_fen=rt.settings.point_value_fen, top=10,
+                conn,
+                service.draft(conn, version),
+                start=calendar.start_of(start, zone()),
+                end=calendar.day_of(end, zone()).end,
+                point_value_fen=rt.settings.point_value_fen,
+                top=10,
             )
     except LoyaltyError as exc:
         errors = fault(exc)

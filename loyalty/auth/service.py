@@ -8,12 +8,15 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from loyalty import audit
 from loyalty.auth.models import SCOPES, api_keys
-from loyalty.errors import ValidationError
+from loyalty.calendar import iso
+from loyalty.errors import NotFound, ValidationError
 
 
 @dataclass(frozen=True)
@@ -91,3 +94,36 @@ class KeyCache:
                     self._keys.clear()
                 self._keys[digest] = (now + self.ttl, found)
         return found
+
+
+def list_keys(conn: Connection) -> list[dict[str, Any]]:
+    """Every key without its secret: id, name, scopes, when made and revoked."""
+    rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at.desc(), api_keys.c.id))
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            "scopes": r.scopes.split(","),
+            "created_at": iso(r.created_at),
+            "revoked_at": iso(r.revoked_at),
+        }
+        for r in rows
+    ]
+
+
+def revoke(conn: Connection, key_id: str, *, actor: str, now: dt.datetime) -> None:
+    """Stop a key working (within the key cache's few seconds); audited."""
+    row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+    if row is None:
+        raise NotFound(f"no API key {key_id!r}", field="key_id")
+    if row.revoked_at is None:
+        conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(revoked_at=now))
+        audit.record(
+            conn,
+            actor=actor,
+            action="api_key.revoke",
+            object_type="api_key",
+            object_id=key_id,
+            before={"name": row.name, "scopes": row.scopes},
+            now=now,
+        )
