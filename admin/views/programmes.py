@@ -70,7 +70,8 @@ def check_draft() -> Response:
     try:
         programme = service.parse(_document(request.form.get("document", "")))
     except LoyaltyError as exc:
-        return jsonify({"valid": False, "path": exc.field or "document", "message": exc.detail})
+        path, messages = next(iter(fault(exc).items()))
+        return jsonify({"valid": False, "path": path, "message": " ".join(messages)})
     return jsonify({"valid": True, "version": programme.version, "rules": len(programme.rules)})
 
 
@@ -142,7 +143,7 @@ def simulate_draft(version: str) -> Any:
     amount = form.get("amount", "").strip()
     try:
         if not amount.isdigit() or not 0 < int(amount) <= 10**12:
-            raise ValidationError.one("transaction.amount", "a whole number of fen above 0")
+            raise ValidationError.one("amount", "a whole number of fen above 0")
         transaction_doc = {
             "type": form.get("type", ""),
             "amount": int(amount),
@@ -160,7 +161,7 @@ def simulate_draft(version: str) -> Any:
                 context=None,
             )
     except LoyaltyError as exc:
-        errors = fault(exc)
+        errors = {k.removeprefix("transaction."): v for k, v in fault(exc).items()}
     with reading() as conn:
         found = service.version_view(conn, version)
     text = json.dumps(found["document"], ensure_ascii=False, indent=2)
