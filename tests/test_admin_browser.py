@@ -171,6 +171,8 @@ def test_a_rule_change_is_drafted_simulated_and_published(site: b.Site, page: An
     page.click("#simulate")
     assert "points under" in page.locator("#simulated-points").inner_text()
     assert page.locator("#trace tbody tr").count() >= 1
+    page.click("#backtest")
+    assert "transactions" in page.locator("#backtest-summary").inner_text()
 
     when = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).astimezone(dt.timezone(dt.timedelta(hours=8)))
     page.fill("#f-effective_from", when.strftime("%Y-%m-%dT%H:%M"))
@@ -357,9 +359,15 @@ PAGES = [
 def test_every_page_in_both_languages_at_two_widths_is_captured(site: b.Site, chromium: Any) -> None:
     member = unique("m")
     enrol_with_points(site, member)
-    code = site.api("GET", "/v1/benefits", params={"status": "active"}).json()["benefits"][0]["code"]
+    active = site.api("GET", "/v1/benefits", params={"status": "active"}).json()["benefits"]
+    code = next(b["code"] for b in active if b["fulfilment"] == "pool")
     version = site.api("GET", "/v1/programmes").json()["versions"][-1]["version"]
-    pages = [*PAGES, f"/admin/catalogue/{code}", f"/admin/rules/{version}", f"/admin/members/{member}"]
+    named = {
+        f"/admin/catalogue/{code}": "benefit",
+        f"/admin/rules/{version}": "programme",
+        f"/admin/members/{member}": "member",
+    }
+    pages = [*PAGES, *named]
     shots = []
     for viewport in (b.DESKTOP, b.NARROW):
         context = chromium.new_context(viewport=viewport)
@@ -376,7 +384,7 @@ def test_every_page_in_both_languages_at_two_widths_is_captured(site: b.Site, ch
             for path in pages:
                 response = page.goto(f"{site.url}{path}")
                 assert response.status == 200, (path, response.status)
-                shots.append(b.shoot(page, site.backend, b.slug(path.removeprefix("/admin")) or "dashboard"))
+                shots.append(b.shoot(page, site.backend, named.get(path) or b.slug(path[7:]) or "dashboard"))
         if page.locator("html").get_attribute("lang") != "en":
             page.click("header form.inline button[name=locale]")
         context.close()

@@ -8,14 +8,17 @@
     var heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) { return th.textContent; });
     var rows = Array.prototype.slice.call(table.querySelectorAll("tbody tr"));
     var labels = rows.map(function (tr) { return tr.cells[0].textContent; });
-    var datasets = heads.slice(1).map(function (head, i) {
-      return {
+    // Columns whose cells carry a data-value are plotted; others (an amount in yuan beside points) are not.
+    var datasets = [];
+    heads.slice(1).forEach(function (head, i) {
+      if (!rows.length || rows[0].cells[i + 1].dataset.value === undefined) { return; }
+      datasets.push({
         label: head,
         data: rows.map(function (tr) { return Number(tr.cells[i + 1].dataset.value || 0); }),
-        backgroundColor: colours[i % colours.length],
-        borderColor: colours[i % colours.length],
+        backgroundColor: colours[datasets.length % colours.length],
+        borderColor: colours[datasets.length % colours.length],
         fill: false
-      };
+      });
     });
     new Chart(canvas, {
       type: canvas.dataset.chart,

@@ -27,6 +27,13 @@ def ladder() -> tuple[str, ...]:
     return tuple(runtime().programme.ladder.codes)
 
 
+def next_statuses(benefit: dict[str, Any]) -> tuple[str, ...]:
+    """The statuses a benefit may move to from its own."""
+    if benefit["status"] == "retired":
+        return ()
+    return (*service.TRANSITIONS[benefit["status"]], "retired")
+
+
 def low_stock(benefit: dict[str, Any]) -> bool:
     threshold, stock = benefit["low_stock_threshold"], benefit["stock"]
     return threshold is not None and stock is not None and stock <= threshold
@@ -226,7 +233,7 @@ def benefit(code: str) -> Any:
         diff=diff,
         a=a,
         b=b,
-        statuses=STATUSES,
+        statuses=next_statuses(found),
         tiers=ladder(),
         low_stock=low_stock(found),
         form=Form(),
@@ -303,7 +310,7 @@ def benefit_codes(code: str) -> Any:
         diff=None,
         a=None,
         b=None,
-        statuses=STATUSES,
+        statuses=next_statuses(found),
         tiers=ladder(),
         low_stock=low_stock(found),
         form=Form(),
