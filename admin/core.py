@@ -50,6 +50,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
 
 #: A session ends after this long without a request.
 IDLE = dt.timedelta(minutes=30)
+#: Methods that read: an auditor may use them on every view.
+READS = ("GET", "HEAD")
 #: Views anyone may reach: signing in, and the static files.
 PUBLIC = {"admin.sign_in", "admin.static"}
 
@@ -205,7 +207,7 @@ def allowed(endpoint: str, method: str = "GET") -> bool:
     needed = getattr(view, "admin_roles", None)
     if needed is None:
         return False
-    return bool(current_user.may(*needed) or (method == "GET" and current_user.may("auditor")))
+    return bool(current_user.may(*needed) or (method in READS and current_user.may("auditor")))
 
 
 @bp.before_request
@@ -215,7 +217,7 @@ def _guard() -> Any:
             csrf.protect()
         return None
     if not current_user.is_authenticated:
-        if request.method != "GET":
+        if request.method not in READS:
             abort(401)
         return redirect(url_for("admin.sign_in", next=request.full_path))
     now = runtime().now().timestamp()
@@ -369,8 +371,11 @@ class Form(FlaskForm):
     """A form of fields the view reads itself; only its CSRF token is checked here."""
 
 
-def field_errors(exc: ValidationError) -> dict[str, list[str]]:
-    return dict(exc.errors)
+def faults(exc: LoyaltyError, default: str) -> dict[str, list[str]]:
+    """A refusal as field -> messages, to show beside the fields; one without a field goes beside ``default``."""
+    if isinstance(exc, ValidationError):
+        return dict(exc.errors)
+    return {exc.field or default: [exc.detail]}
 
 
 def table_download(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Response | None:

@@ -83,6 +83,9 @@ def test_sign_in_leads_to_the_dashboard_and_sign_out_back(site: b.Site, page: An
     assert "script-src 'self'" in headers["content-security-policy"]
     assert "'unsafe-inline'" not in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
+    csv = page.request.get(f"{site.url}/admin/?table=usage-by-tier&format=csv")
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert csv.text().splitlines()[0] == "Tier,Members,Redeemed,Usage rate"
     cookie = next(c for c in page.context.cookies() if c["name"] == "loyalty_admin")
     assert cookie["httpOnly"]
     page.click("#sign-out")

@@ -206,13 +206,19 @@ def new_benefit() -> Any:
 @bp.get("/catalogue/<code>")
 @roles("catalogue")
 def benefit(code: str) -> Any:
+    return benefit_page(code, compare=(request.args.get("a", type=int), request.args.get("b", type=int)))
+
+
+def benefit_page(code: str, *, compare: tuple[int | None, int | None] = (None, None), upload: Any = None) -> str:
+    """A benefit: its definition, status, codes, versions and a diff between two of them (by
+    default the latest and the one before)."""
     with reading() as conn:
         found = service.get(conn, code)
         history = service.versions(conn, code)
         counts = service.code_counts(conn, code) if found["fulfilment"] == "pool" else None
-    a, b = request.args.get("a", type=int), request.args.get("b", type=int)
+    a, b = compare
     diff = None
-    if history:
+    if history and upload is None:
         by_version = {v["version"]: v for v in history}
         b = b if b in by_version else history[0]["version"]
         a = a if a in by_version else (history[1]["version"] if len(history) > 1 else b)
@@ -237,7 +243,7 @@ def benefit(code: str) -> Any:
         tiers=ladder(),
         low_stock=low_stock(found),
         form=Form(),
-        upload=None,
+        upload=upload,
     )
 
 
@@ -298,21 +304,4 @@ def benefit_codes(code: str) -> Any:
     except ValidationError as exc:
         status = 422
         summary = {"added": 0, "duplicates": 0, "bad_lines": exc.errors}
-    with reading() as conn:
-        found = service.get(conn, code)
-        history = service.versions(conn, code)
-        counts = service.code_counts(conn, code)
-    return render_template(
-        "admin/benefit.html",
-        benefit=found,
-        history=history,
-        counts=counts,
-        diff=None,
-        a=None,
-        b=None,
-        statuses=next_statuses(found),
-        tiers=ladder(),
-        low_stock=low_stock(found),
-        form=Form(),
-        upload=summary,
-    ), status
+    return benefit_page(code, upload=summary), status

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask import render_template
+from flask import render_template, request
 from flask_babel import gettext as _
 
 from admin.core import bp, reading, roles, runtime, table_download, zone
@@ -68,9 +68,6 @@ def dashboard() -> Any:
         stuck = redemptions.stuck(conn, before=now - STUCK)
         dead = webhooks.dead_deliveries(conn)
     header = [_("Month"), _("Issued"), _("Redeemed"), _("Expired"), _("Outstanding"), _("Liability (fen)")]
-    download = table_download("points-by-month", header, flows)
-    if download is not None:
-        return download
     stages = sorted({r["stage"] for r in by_stage})
     per_tier = {t: {s: 0 for s in stages} for t in ladder}
     for r in by_stage:
@@ -80,6 +77,16 @@ def dashboard() -> Any:
     for tier, counts in per_tier.items():
         total = sum(counts.values())
         usage_rows.append([tier, total, used.get(tier, 0), f"{100 * used.get(tier, 0) / total:.1f}%" if total else "–"])
+    tables = {
+        "points-by-month": (header, flows),
+        "members-by-tier-and-stage": ([_("Tier"), *stages], tier_rows),
+        "usage-by-tier": ([_("Tier"), _("Members"), _("Redeemed"), _("Usage rate")], usage_rows),
+    }
+    chosen = request.args.get("table", "points-by-month")
+    if chosen in tables:
+        download = table_download(chosen, *tables[chosen])
+        if download is not None:
+            return download
     return render_template(
         "admin/dashboard.html",
         flows=flows,

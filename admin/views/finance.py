@@ -13,7 +13,7 @@ from flask import redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from sqlalchemy.engine import Connection
 
-from admin.core import Form, actor, bp, done, local_day, reading, roles, runtime, table_download, today, zone
+from admin.core import Form, actor, bp, done, faults, local_day, reading, roles, runtime, table_download, today, zone
 from loyalty import calendar
 from loyalty.db import transaction
 from loyalty.errors import LoyaltyError, ValidationError
@@ -77,26 +77,27 @@ def finance() -> Any:
         with reading() as conn:
             report, table, title = report_of(conn, name, request.args)
         header, rows = table(report)
-    except ValidationError as exc:
-        errors = dict(exc.errors)
     except LoyaltyError as exc:
-        errors = {exc.field or "period": [exc.detail]}
+        errors = faults(exc, "period")
     if not errors:
         download = table_download(title, header, rows)
         if download is not None:
             return download
+    return finance_page(name, errors, header=header, rows=rows)
+
+
+def finance_page(report: str, errors: dict[str, list[str]], **more: Any) -> tuple[str, int]:
+    page = {"header": (), "rows": [], "what_if": None, "args": request.form, **more}
     return render_template(
         "admin/finance.html",
-        report=name,
+        report=report,
         reports=REPORTS,
-        header=header,
-        rows=rows,
         errors=errors,
         today=today().isoformat(),
         month_start=today().replace(day=1).isoformat(),
         last_month=_last_month(),
         form=Form(),
-        what_if=None,
+        **page,
     ), (422 if errors else 200)
 
 
@@ -123,21 +124,8 @@ def what_if() -> Any:
             raise ValidationError.one("periods", "one period a line: label,cumulative_redeemed,expected_total")
         result = [asdict(p) for p in recognition.recognise(int(allocated), lines)]
     except LoyaltyError as exc:
-        errors = dict(exc.errors) if isinstance(exc, ValidationError) else {"periods": [exc.detail]}
-    return render_template(
-        "admin/finance.html",
-        report="what-if",
-        reports=REPORTS,
-        header=(),
-        rows=[],
-        errors=errors,
-        today=today().isoformat(),
-        month_start=today().replace(day=1).isoformat(),
-        last_month=_last_month(),
-        form=Form(),
-        what_if=result,
-        args=form,
-    ), (422 if errors else 200)
+        errors = faults(exc, "periods")
+    return finance_page("what-if", errors, what_if=result)
 
 
 @bp.route("/finance/settings", methods=["GET", "POST"])
@@ -209,7 +197,7 @@ def close_periods() -> Any:
                     now=rt.now(),
                 )
         except LoyaltyError as exc:
-            errors = dict(exc.errors) if isinstance(exc, ValidationError) else {"period": [exc.detail]}
+            errors = faults(exc, "period")
             status = exc.status
         else:
             done(_("Month %(period)s closed.", period=label))
@@ -234,7 +222,7 @@ def reopen_period(period: str) -> Any:
     except LoyaltyError as exc:
         with reading() as conn:
             closed = periods.listing(conn)
-        errors = dict(exc.errors) if isinstance(exc, ValidationError) else {"period": [exc.detail]}
+        errors = faults(exc, "period")
         return render_template(
             "admin/periods.html", closed=closed, errors=errors, form=Form(), last_month=_last_month()
         ), exc.status
@@ -264,7 +252,7 @@ def reconciliation_list() -> Any:
             with transaction(rt.engine) as conn:
                 made = reconciliations.reconcile(conn, prepared, zone=rt.programme.zone, actor=actor(), now=rt.now())
         except LoyaltyError as exc:
-            errors = dict(exc.errors) if isinstance(exc, ValidationError) else {exc.field or "statement": [exc.detail]}
+            errors = faults(exc, "statement")
             status = exc.status
         else:
             return redirect(url_for("admin.reconciliation", reconciliation_id=made["id"]))

@@ -8,7 +8,7 @@ from typing import Any
 from flask import redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from admin.core import Form, actor, bp, done, local_moment, reading, roles, runtime
+from admin.core import Form, actor, bp, done, faults, local_moment, reading, roles, runtime
 from loyalty.db import transaction
 from loyalty.errors import LoyaltyError, MemberNotFound, ValidationError
 from loyalty.members import profiles
@@ -93,7 +93,7 @@ def tier_override(member_id: str) -> Any:
                 now=rt.now(),
             )
     except LoyaltyError as exc:
-        errors = dict(exc.errors) if isinstance(exc, ValidationError) else {exc.field or "tier": [exc.detail]}
+        errors = faults(exc, "tier")
         return member_page(member_id, errors, status=exc.status)
     done(_("Tier override saved."))
     return redirect(url_for("admin.member", member_id=member_id))

@@ -9,7 +9,7 @@ from typing import Any
 from flask import redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from admin.core import Form, actor, bp, done, local_day, reading, roles, runtime, table_download, zone
+from admin.core import Form, actor, bp, done, faults, local_day, reading, roles, runtime, table_download, zone
 from loyalty import audit, calendar
 from loyalty.auth import admins
 from loyalty.auth import service as keys
@@ -19,10 +19,6 @@ from loyalty.errors import LoyaltyError, ValidationError
 from loyalty.events import service as events
 from loyalty.events import webhooks
 from loyalty.jobs import JOBS, runner
-
-
-def _errors(exc: LoyaltyError, default: str) -> dict[str, list[str]]:
-    return dict(exc.errors) if isinstance(exc, ValidationError) else {exc.field or default: [exc.detail]}
 
 
 @bp.route("/operations", methods=["GET", "POST"])
@@ -41,7 +37,7 @@ def operations() -> Any:
             as_of = calendar.day_of(local_day(raw, "as_of"), zone()).end - dt.timedelta(microseconds=1) if raw else None
             run = runner.run_job(rt, name, as_of)
         except LoyaltyError as exc:
-            errors, status = _errors(exc, "job"), exc.status
+            errors, status = faults(exc, "job"), exc.status
         else:
             done(_("Job %(job)s ran: %(status)s, %(rows)s rows.", job=name, status=run["status"], rows=run["rows"]))
             return redirect(url_for("admin.operations"))
@@ -111,7 +107,7 @@ def api_keys() -> Any:
                     now=rt.now(),
                 )
         except LoyaltyError as exc:
-            errors, status = _errors(exc, "name"), exc.status
+            errors, status = faults(exc, "name"), exc.status
     with reading() as conn:
         found = keys.list_keys(conn)
     # The secret is in this one answer only: it is stored hashed, and the page is never cached.
@@ -130,29 +126,9 @@ def revoke_key(key_id: str) -> Any:
     return redirect(url_for("admin.api_keys"))
 
 
-@bp.route("/operations/users", methods=["GET", "POST"])
-@roles("admin")
-def users() -> Any:
-    errors: dict[str, list[str]] = {}
-    password = None
-    status = 200
-    if request.method == "POST":
-        rt = runtime()
-        form = request.form
-        password = admins.generate_password()
-        try:
-            with transaction(rt.engine) as conn:
-                admins.create(
-                    conn,
-                    username=(form.get("username") or "").strip(),
-                    password=password,
-                    roles=frozenset(form.getlist("roles")),
-                    locale=form.get("locale", "zh_CN"),
-                    actor=actor(),
-                    now=rt.now(),
-                )
-        except LoyaltyError as exc:
-            errors, status, password = _errors(exc, "username"), exc.status, None
+def users_page(
+    errors: dict[str, list[str]], *, password: str | None = None, reset_for: str | None = None, status: int = 200
+) -> tuple[str, int]:
     with reading() as conn:
         found = admins.list_users(conn)
     return render_template(
@@ -162,9 +138,35 @@ def users() -> Any:
         locales=LOCALES,
         errors=errors,
         password=password,
+        reset_for=reset_for,
         form=Form(),
         args=request.form,
     ), status
+
+
+@bp.route("/operations/users", methods=["GET", "POST"])
+@roles("admin")
+def users() -> Any:
+    """The admin users; a new one is given a generated password, shown once."""
+    if request.method == "GET":
+        return users_page({})
+    rt = runtime()
+    form = request.form
+    password = admins.generate_password()
+    try:
+        with transaction(rt.engine) as conn:
+            admins.create(
+                conn,
+                username=(form.get("username") or "").strip(),
+                password=password,
+                roles=frozenset(form.getlist("roles")),
+                locale=form.get("locale", "zh_CN"),
+                actor=actor(),
+                now=rt.now(),
+            )
+    except LoyaltyError as exc:
+        return users_page(faults(exc, "username"), status=exc.status)
+    return users_page({}, password=password, reset_for=form.get("username"))
 
 
 @bp.post("/operations/users/<username>")
@@ -186,32 +188,9 @@ def user_change(username: str) -> Any:
             else:
                 raise ValidationError.one("action", "must be roles, disable or reset")
     except LoyaltyError as exc:
-        with reading() as conn:
-            found = admins.list_users(conn)
-        return render_template(
-            "admin/users.html",
-            users=found,
-            roles_all=ROLES,
-            locales=LOCALES,
-            errors={f"{username}.{k}": v for k, v in _errors(exc, "roles").items()},
-            password=None,
-            form=Form(),
-            args={},
-        ), exc.status
+        return users_page({f"{username}.{k}": v for k, v in faults(exc, "roles").items()}, status=exc.status)
     if password is not None:
-        with reading() as conn:
-            found = admins.list_users(conn)
-        return render_template(
-            "admin/users.html",
-            users=found,
-            roles_all=ROLES,
-            locales=LOCALES,
-            errors={},
-            password=password,
-            reset_for=username,
-            form=Form(),
-            args={},
-        )
+        return users_page({}, password=password, reset_for=username)
     done(_("User %(name)s changed.", name=username))
     return redirect(url_for("admin.users"))
 

@@ -10,7 +10,21 @@ from typing import Any
 from flask import Response, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from admin.core import Form, actor, bp, done, local_day, local_moment, reading, roles, runtime, today, zone
+from admin.core import (
+    Form,
+    actor,
+    bp,
+    done,
+    faults,
+    local_day,
+    local_moment,
+    reading,
+    roles,
+    runtime,
+    table_download,
+    today,
+    zone,
+)
 from loyalty import calendar
 from loyalty.accrual import backtest, simulate
 from loyalty.db import transaction
@@ -30,9 +44,7 @@ def _document(raw: str) -> Any:
 
 def fault(exc: LoyaltyError) -> dict[str, list[str]]:
     """A refusal as field -> messages; a fault in the document is named by its JSON path."""
-    if isinstance(exc, ValidationError):
-        return dict(exc.errors)
-    return {exc.field or "document": [exc.detail]}
+    return faults(exc, "document")
 
 
 @bp.get("/rules")
@@ -46,6 +58,10 @@ def programmes() -> Any:
     per_tier: dict[str, int] = {}
     for row in counts:
         per_tier[row["tier"]] = per_tier.get(row["tier"], 0) + row["members"]
+    tier_rows = [[code, per_tier.get(code, 0)] for code in programme.ladder.codes]
+    download = table_download("members-per-tier", [_("Tier"), _("Members")], tier_rows)
+    if download is not None:
+        return download
     levels = {t["code"]: t.get("criteria") for t in dump_programme(programme)["tiers"]["levels"]}
     document = dump_programme(programme)
     document["version"] = f"{programme.version}-next"
@@ -56,7 +72,7 @@ def programmes() -> Any:
         ladder=programme.ladder,
         criteria={code: json.dumps(c, ensure_ascii=False) if c else None for code, c in levels.items()},
         per_tier=per_tier,
-        tier_rows=[[code, per_tier.get(code, 0)] for code in programme.ladder.codes],
+        tier_rows=tier_rows,
         starter=json.dumps(document, ensure_ascii=False, indent=2),
         form=Form(),
         errors={},
@@ -107,13 +123,21 @@ def editor(version: dict[str, Any] | None, text: str, errors: dict[str, list[str
     }
 
 
+def version_page(
+    version: str, errors: dict[str, list[str]], *, text: str | None = None, **more: Any
+) -> tuple[str, int]:
+    """A saved version's page: its document (or ``text`` as typed), the faults, and ``more``."""
+    with reading() as conn:
+        found = service.version_view(conn, version)
+    if text is None:
+        text = json.dumps(found["document"], ensure_ascii=False, indent=2)
+    return render_template("admin/programme.html", **editor(found, text, errors, **more)), 422 if errors else 200
+
+
 @bp.get("/rules/<version>")
 @roles("rules")
 def programme(version: str) -> Any:
-    with reading() as conn:
-        found = service.version_view(conn, version)
-    text = json.dumps(found["document"], ensure_ascii=False, indent=2)
-    return render_template("admin/programme.html", **editor(found, text, {}))
+    return version_page(version, {})
 
 
 @bp.post("/rules/<version>")
@@ -125,9 +149,7 @@ def save_draft(version: str) -> Any:
         with transaction(rt.engine) as conn:
             service.replace_draft(conn, version, _document(raw), actor=actor(), now=rt.now())
     except LoyaltyError as exc:
-        with reading() as conn:
-            found = service.version_view(conn, version)
-        return render_template("admin/programme.html", **editor(found, raw, fault(exc))), 422
+        return version_page(version, fault(exc), text=raw)
     done(_("Draft %(version)s saved.", version=version))
     return redirect(url_for("admin.programme", version=version))
 
@@ -162,11 +184,7 @@ def simulate_draft(version: str) -> Any:
             )
     except LoyaltyError as exc:
         errors = {k.removeprefix("transaction."): v for k, v in fault(exc).items()}
-    with reading() as conn:
-        found = service.version_view(conn, version)
-    text = json.dumps(found["document"], ensure_ascii=False, indent=2)
-    page = editor(found, text, errors, simulation=result, args=form)
-    return render_template("admin/programme.html", **page), 422 if errors else 200
+    return version_page(version, errors, simulation=result, args=form)
 
 
 @bp.post("/rules/<version>/backtest")
@@ -191,11 +209,7 @@ def backtest_draft(version: str) -> Any:
             )
     except LoyaltyError as exc:
         errors = fault(exc)
-    with reading() as conn:
-        found = service.version_view(conn, version)
-    text = json.dumps(found["document"], ensure_ascii=False, indent=2)
-    page = editor(found, text, errors, report=report, args=form)
-    return render_template("admin/programme.html", **page), 422 if errors else 200
+    return version_page(version, errors, report=report, args=form)
 
 
 @bp.post("/rules/<version>/publish")
@@ -207,10 +221,7 @@ def publish_draft(version: str) -> Any:
         with transaction(rt.engine) as conn:
             service.publish(conn, version, effective_from=when, actor=actor(), now=rt.now())
     except LoyaltyError as exc:
-        with reading() as conn:
-            found = service.version_view(conn, version)
-        text = json.dumps(found["document"], ensure_ascii=False, indent=2)
-        return render_template("admin/programme.html", **editor(found, text, fault(exc), args=request.form)), 422
+        return version_page(version, fault(exc), args=request.form)
     rt.programmes.invalidate()
     done(_("Version %(version)s published.", version=version))
     return redirect(url_for("admin.programme", version=version))
