@@ -15,6 +15,7 @@ from typing import Any
 
 import openpyxl
 import pytest
+import requests
 from playwright.sync_api import expect
 
 from tests import browser as b
@@ -208,6 +209,29 @@ def test_finance_closes_a_month_and_the_roll_forward_xlsx_matches_the_api(site: 
     assert rows["earned"] == api["earned"]["total"]
     assert rows["redeemed"] == api["redeemed"]["total"]
     assert rows["closing"] == api["closing"]
+
+
+def test_an_api_key_made_in_the_ui_works_once_shown_and_stops_when_revoked(site: b.Site, page: Any) -> None:
+    b.sign_in(page, site, "admin")
+    page.goto(f"{site.url}/admin/operations/api-keys")
+    page.fill("#f-name", "branch-system")
+    page.check("input[name=scopes][value=read]")
+    page.click("#key-form button[type=submit]")
+    key = page.locator("#new-key").inner_text()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert requests.get(f"{site.url}/v1/rules/catalogue", headers=headers, timeout=30).status_code == 200
+    page.goto(f"{site.url}/admin/operations/api-keys")
+    assert key not in page.content()  # shown once
+    key_id = key.split("_")[1]
+    page.click(f"#keys tr[data-key='{key_id}'] button")
+    page.wait_for_url("**/admin/operations/api-keys")
+    assert requests.get(f"{site.url}/v1/rules/catalogue", headers=headers, timeout=30).status_code == 401
+
+    page.goto(f"{site.url}/admin/operations")
+    page.select_option("#f-job", "lifecycle")
+    page.click("#run-job button[type=submit]")
+    page.wait_for_url("**/admin/operations")
+    assert "lifecycle" in page.locator("#runs tbody tr").first.inner_text()
 
 
 # --- refusals --------------------------------------------------------------------------------------------

@@ -96,16 +96,7 @@ def api_keys() -> Any:
                 raise ValidationError.one("name", "who the key is for, 1 to 100 characters")
             scopes = keys.parse_scopes(",".join(request.form.getlist("scopes")))
             with transaction(rt.engine) as conn:
-                secret = keys.create_key(conn, name=name, scopes=scopes, now=rt.now())
-                audit.record(
-                    conn,
-                    actor=actor(),
-                    action="api_key.create",
-                    object_type="api_key",
-                    object_id=secret.split("_")[1],
-                    after={"name": name, "scopes": sorted(scopes)},
-                    now=rt.now(),
-                )
+                secret = keys.issue_key(conn, name=name, scopes=scopes, actor=actor(), now=rt.now())
         except LoyaltyError as exc:
             errors, status = faults(exc, "name"), exc.status
     with reading() as conn:
