@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partner, serve the API on http://$(HOST):$(PORT)
+run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partner, serve the API on http://$(HOST):$(PORT) and the admin UI at /admin
 	@mkdir -p var
 # Voucher codes are sealed under LOYALTY_SECRET_KEY: without one in the environment, a key is made once and kept.
 	@if [ -z "$$LOYALTY_SECRET_KEY" ] && [ ! -s var/secret-key ]; then \
@@ -32,6 +32,7 @@ run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partn
 	@$(SECRET) for benefit in $$($(BIN)/loyalty catalogue list --fulfilment pool --status active --quiet); do \
 		$(BIN)/loyalty catalogue demo-codes --if-empty $$benefit 200 || exit 1; done
 	@echo "demo API key (all scopes): $$($(BIN)/loyalty api-keys demo)"
+	@echo "admin UI: http://$(HOST):$(PORT)/admin  user: admin  password: $$($(BIN)/loyalty admin-users demo)"
 # The scheduler and the sandbox partner (on 127.0.0.1:8090, where LOYALTY_PARTNERS points by
 # default) run in the background for as long as gunicorn does.
 	$(BIN)/loyalty sandbox-partner --callback-url 'http://$(HOST):$(PORT)/v1/partners/{partner}/callbacks' & sandbox=$$!; \
@@ -46,8 +47,8 @@ test: $(STAMP) ## run every test on SQLite and PostgreSQL
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP) ## ruff, mypy and the import contracts (layers point down, no cycles)
-	$(BIN)/ruff check loyalty rules tests bench migrations gunicorn.conf.py
-	$(BIN)/mypy loyalty rules
+	$(BIN)/ruff check loyalty rules admin tests bench migrations gunicorn.conf.py
+	$(BIN)/mypy loyalty rules admin
 	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)

@@ -63,16 +63,43 @@ def entries(conn: Connection, *, object_type: str | None, object_id: str | None,
         q = q.where(a.object_type == object_type)
     if object_id:
         q = q.where(a.object_id == object_id)
-    rows = conn.execute(q.order_by(a.id.desc()).limit(limit))
-    return [
-        {
-            "at": iso(r.at),
-            "actor": r.actor,
-            "action": r.action,
-            "object_type": r.object_type,
-            "object_id": r.object_id,
-            "before": None if r.before is None else json.loads(r.before),
-            "after": None if r.after is None else json.loads(r.after),
-        }
-        for r in rows
-    ]
+    return [_line(r) for r in conn.execute(q.order_by(a.id.desc()).limit(limit))]
+
+
+def search(
+    conn: Connection,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    object_id: str | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Audit lines newest first: who (``actor`` contains), what (``action`` or the object's id
+    contains) and when (``[start, end)``)."""
+    a = audit_log.c
+    q = sa.select(audit_log)
+    if actor:
+        q = q.where(a.actor.contains(actor, autoescape=True))
+    if action:
+        q = q.where(a.action.contains(action, autoescape=True))
+    if object_id:
+        q = q.where(a.object_id.contains(object_id, autoescape=True))
+    if start is not None:
+        q = q.where(a.at >= start)
+    if end is not None:
+        q = q.where(a.at < end)
+    return [_line(r) for r in conn.execute(q.order_by(a.id.desc()).limit(limit))]
+
+
+def _line(r: Any) -> dict[str, Any]:
+    return {
+        "at": iso(r.at),
+        "actor": r.actor,
+        "action": r.action,
+        "object_type": r.object_type,
+        "object_id": r.object_id,
+        "before": None if r.before is None else json.loads(r.before),
+        "after": None if r.after is None else json.loads(r.after),
+    }

@@ -96,6 +96,101 @@ def api_keys_demo(path: Path) -> None:
     click.echo(key)
 
 
+@main.group("admin-users")
+def admin_users_group() -> None:
+    """The people who sign in to the admin UI (/admin)."""
+
+
+def _admin_call(operation):  # type: ignore[no-untyped-def]
+    """Run ``operation(conn, now)`` in one transaction; a refusal is a usage error naming the option."""
+    from loyalty.errors import LoyaltyError
+
+    try:
+        with transaction(rt().engine) as conn:
+            return operation(conn, rt().now())
+    except LoyaltyError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+@admin_users_group.command("create")
+@click.argument("username")
+@click.option("--roles", required=True, help="Comma-separated: catalogue, rules, finance, support, auditor, admin.")
+@click.option("--locale", type=click.Choice(["zh_CN", "en"]), default="zh_CN", show_default=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of making one.")
+def admin_users_create(username: str, roles: str, locale: str, password_stdin: bool) -> None:
+    """Add USERNAME; a generated password is printed once, as the last line, unless one is read from stdin."""
+    from loyalty.auth import admins
+    from loyalty.errors import ValidationError
+
+    try:
+        parsed = admins.parse_roles(roles)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.detail, param_hint="--roles") from None
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else admins.generate_password()
+    _admin_call(
+        lambda conn, now: admins.create(
+            conn, username=username, password=password, roles=parsed, locale=locale, actor=_cli_actor(), now=now
+        )
+    )
+    click.echo(f"created admin user {username!r} with roles {','.join(sorted(parsed))}", err=True)
+    if not password_stdin:
+        click.echo(password)
+
+
+@admin_users_group.command("disable")
+@click.argument("username")
+def admin_users_disable(username: str) -> None:
+    """Refuse USERNAME's sign-ins and end their sessions."""
+    from loyalty.auth import admins
+
+    _admin_call(lambda conn, now: admins.disable(conn, username, actor=_cli_actor(), now=now))
+    click.echo(f"disabled admin user {username!r}")
+
+
+@admin_users_group.command("reset-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of making one.")
+def admin_users_reset_password(username: str, password_stdin: bool) -> None:
+    """Give USERNAME a new password (printed once, as the last line) and enable them again."""
+    from loyalty.auth import admins
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else admins.generate_password()
+    _admin_call(lambda conn, now: admins.reset_password(conn, username, password, actor=_cli_actor(), now=now))
+    click.echo(f"reset the password of {username!r}", err=True)
+    if not password_stdin:
+        click.echo(password)
+
+
+@admin_users_group.command("demo")
+@click.option(
+    "--file", "path", type=click.Path(path_type=Path), default=Path("var/demo-admin-password"), show_default=True
+)
+def admin_users_demo(path: Path) -> None:
+    """Print the demo administrator's password kept in FILE, making the user ``admin`` (every role) if missing."""
+    from loyalty.auth import admins
+    from loyalty.auth.models import ROLES
+
+    if path.exists():
+        with rt().engine.connect() as conn:
+            if admins.exists(conn, "admin"):
+                click.echo(path.read_text().strip())
+                return
+    password = admins.generate_password()
+
+    def make(conn, now):  # type: ignore[no-untyped-def]
+        if admins.exists(conn, "admin"):
+            return admins.reset_password(conn, "admin", password, actor=_cli_actor(), now=now)
+        return admins.create(
+            conn, username="admin", password=password, roles=frozenset(ROLES), actor=_cli_actor(), now=now
+        )
+
+    _admin_call(make)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    click.echo(password)
+
+
 @main.group("rules")
 def rules_group() -> None:
     """Earning programmes: install, validate, backtest."""

@@ -1,7 +1,7 @@
 """Imports every table so ``metadata`` is complete (for Alembic and tests)."""
 
 from loyalty.audit import audit_log
-from loyalty.auth.models import api_keys
+from loyalty.auth.models import admin_users, api_keys, sign_in_attempts
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
@@ -38,6 +38,8 @@ __all__ = [
     "reversals",
     "idempotency_keys",
     "api_keys",
+    "admin_users",
+    "sign_in_attempts",
     "programme_versions",
     "audit_log",
     "member_profiles",

@@ -28,13 +28,17 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_import_contracts_hold():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout
+    assert "5 kept, 0 broken" in result.stdout
+
+
+def copy_tree(tmp_path: Path) -> None:
+    for name in ("loyalty", "rules", "admin"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.cfg", tmp_path / "setup.cfg")
 
 
 def test_an_import_from_the_domain_into_the_api_breaks_the_contract(tmp_path):
-    for name in ("loyalty", "rules"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "setup.cfg", tmp_path / "setup.cfg")
+    copy_tree(tmp_path)
     service = tmp_path / "loyalty" / "accrual" / "service.py"
     service.write_text(service.read_text() + "\nfrom loyalty.api.base import runtime  # noqa: E402,F401\n")
     result = lint_imports(tmp_path)
@@ -43,8 +47,27 @@ def test_an_import_from_the_domain_into_the_api_breaks_the_contract(tmp_path):
     assert "loyalty.accrual.service -> loyalty.api.base" in result.stdout
 
 
+def test_an_import_of_the_admin_ui_from_the_service_breaks_the_contract(tmp_path):
+    copy_tree(tmp_path)
+    app = tmp_path / "loyalty" / "app.py"
+    app.write_text(app.read_text() + "\nimport admin  # noqa: E402,F401\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "The admin UI sits on the service; the service and the rules never import it BROKEN" in result.stdout
+    assert "loyalty.app -> admin" in result.stdout
+
+
+def test_the_admin_ui_calling_the_api_breaks_the_contract(tmp_path):
+    copy_tree(tmp_path)
+    view = tmp_path / "admin" / "views" / "members.py"
+    view.write_text(view.read_text() + "\nfrom loyalty.api.base import runtime  # noqa: E402,F401\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "The admin UI calls the domain, not the other entry points BROKEN" in result.stdout
+
+
 def test_no_module_is_in_an_import_cycle():
-    graph = grimp.build_graph("loyalty", "rules")
+    graph = grimp.build_graph("loyalty", "rules", "admin")
     cycles = []
     for module in sorted(graph.modules):
         for imported in graph.find_modules_directly_imported_by(module):

@@ -132,7 +132,7 @@ def test_the_code_file_pattern_and_the_server_accept_the_same_files():
 
     from hypothesis import given, settings
 
-    from loyalty.api.catalogue import parse_codes
+    from loyalty.catalogue.codes import parse_codes
     from loyalty.errors import ValidationError
 
     schema = spec()["paths"]["/v1/benefits/{code}/codes"]["post"]["requestBody"]["content"]["text/csv"]["schema"]

@@ -30,6 +30,8 @@ MEMBER_SCOPED = {
 NOT_MEMBER_SCOPED = {
     "accounts": "the chart of accounts: a small reference table replicated to every node",
     "api_keys": "reference table",
+    "admin_users": "reference table: the people who sign in to the admin UI",
+    "admin_sign_in_attempts": "the admin UI's sign-in history, keyed by account and address",
     "idempotency_keys": "keys unique across members, distributed by the key itself (docs/scaling.md)",
     "programme_versions": "reference table: the earning programme's versions",
     "audit_log": "administrative history, not on any member's path",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 from flask import Response, current_app, g, request
 from marshmallow import validate
@@ -12,16 +11,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from loyalty.api.base import bp, execute, json_body, json_response, query_arg, requires, runtime
 from loyalty.catalogue import service
+from loyalty.catalogue.codes import parse_codes
 from loyalty.catalogue.models import STATUSES
 from loyalty.db import transaction
 from loyalty.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType, ValidationError
 from loyalty.idempotency import Result
 from loyalty.validation import Base, StrictString, load
-
-#: a voucher code: 4 to 64 printable characters, none of them white space
-MIN_CODE, MAX_CODE = 4, 64
-#: bad lines named in one answer
-MAX_LINE_ERRORS = 20
 
 
 def tiers() -> tuple[str, ...]:
@@ -133,42 +128,3 @@ def csv_body() -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise MalformedRequest("the body is not UTF-8 text", field="body") from None
-
-
-#: A line of a code file: blank, or one code between optional spaces and tabs. A code is 4 to 64
-#: printable ASCII characters other than the space, ``,`` and ``"``: the file is CSV of one
-#: column whose values never need quoting. ``openapi.yaml`` states the whole file as one pattern
-#: (``CODE_FILE``); a test holds the two to the same answers.
-LINE_BREAK = re.compile(r"\r?\n")
-BLANK_LINE = re.compile(r"[ \t]*")
-CODE_LINE = re.compile(rf"[ \t]*([!#-+\--~]{{{MIN_CODE},{MAX_CODE}}})[ \t]*")
-
-
-def parse_codes(text: str) -> list[str]:
-    """The codes of a file of one code a line, with an optional header line ``code`` first;
-    blank lines are skipped. A bad line is named by its number, never by its content."""
-    codes: list[str] = []
-    errors: dict[str, list[str]] = {}
-    first = True
-    for number, line in enumerate(LINE_BREAK.split(text), start=1):
-        if BLANK_LINE.fullmatch(line):
-            continue
-        header, first = first and line.strip(" \t") == "code", False
-        if header:
-            continue
-        match = CODE_LINE.fullmatch(line)
-        if match is not None:
-            codes.append(match[1])
-            continue
-        errors[f"line {number}"] = [
-            "has more than one column; send one code a line"
-            if "," in line
-            else f"a code is {MIN_CODE} to {MAX_CODE} printable ASCII characters other than spaces, commas and quotes"
-        ]
-        if len(errors) >= MAX_LINE_ERRORS:
-            break
-    if errors:
-        raise ValidationError(errors)
-    if not codes:
-        raise ValidationError.one("body", "holds no codes")
-    return codes

@@ -67,7 +67,7 @@ def get_trial_balance() -> Response:
     rt = runtime()
     zone = rt.programme.zone
     with transaction(rt.engine, readonly=True) as conn:
-        report = frozen_at_month_end(conn, "trial_balance", as_of) or reports.trial_balance(
+        report = periods.frozen_at_month_end(conn, "trial_balance", as_of) or reports.trial_balance(
             conn, end=calendar.day_of(as_of, zone).end
         )
     return report_response(report, export.trial_balance_table, f"trial-balance-{as_of.isoformat()}")
@@ -120,7 +120,7 @@ def get_liability() -> Response:
     as_of = local_date_arg("as_of")
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
-        report = frozen_at_month_end(conn, "liability", as_of) or liability.liability(
+        report = periods.frozen_at_month_end(conn, "liability", as_of) or liability.liability(
             conn, as_of=as_of, zone=rt.programme.zone, default_point_value=rt.settings.point_value_fen
         )
     return report_response(report, export.liability_table, f"liability-{as_of.isoformat()}")
@@ -135,7 +135,9 @@ def get_breakage() -> Response:
     as_of = local_date_arg("as_of") if "as_of" in request.args else None
     end = calendar.day_of(as_of, zone).end if as_of is not None else rt.now()
     with transaction(rt.engine, readonly=True) as conn:
-        report = (as_of and frozen_at_month_end(conn, "breakage", as_of)) or breakage.cohorts(conn, end=end, zone=zone)
+        report = (as_of and periods.frozen_at_month_end(conn, "breakage", as_of)) or breakage.cohorts(
+            conn, end=end, zone=zone
+        )
     return report_response(report, export.breakage_table, "breakage")
 
 
@@ -150,13 +152,6 @@ def get_recognition() -> Response:
             conn, label=label, zone=rt.programme.zone
         )
     return report_response(report, export.recognition_table, f"recognition-{label}")
-
-
-def frozen_at_month_end(conn: Connection, report: str, as_of: dt.date) -> dict[str, Any] | None:
-    """The report stored when the month closed, when ``as_of`` is the last day of a closed month."""
-    if (as_of + dt.timedelta(days=1)).day != 1:
-        return None
-    return periods.frozen(conn, as_of.strftime("%Y-%m"), report)
 
 
 @bp.get("/finance/periods")

@@ -8,12 +8,15 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from loyalty import audit
 from loyalty.auth.models import SCOPES, api_keys
-from loyalty.errors import ValidationError
+from loyalty.calendar import iso
+from loyalty.errors import NotFound, ValidationError
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,21 @@ def create_key(conn: Connection, *, name: str, scopes: frozenset[str], now: dt.d
         api_keys.insert().values(
             id=key_id, name=name, key_hash=hash_key(key), scopes=",".join(sorted(scopes)), created_at=now
         )
+    )
+    return key
+
+
+def issue_key(conn: Connection, *, name: str, scopes: frozenset[str], actor: str, now: dt.datetime) -> str:
+    """:func:`create_key` for a person at work (the admin UI): the key's id, name and scopes are audited."""
+    key = create_key(conn, name=name, scopes=scopes, now=now)
+    audit.record(
+        conn,
+        actor=actor,
+        action="api_key.create",
+        object_type="api_key",
+        object_id=key.split("_")[1],
+        after={"name": name, "scopes": sorted(scopes)},
+        now=now,
     )
     return key
 
@@ -91,3 +109,36 @@ class KeyCache:
                     self._keys.clear()
                 self._keys[digest] = (now + self.ttl, found)
         return found
+
+
+def list_keys(conn: Connection) -> list[dict[str, Any]]:
+    """Every key without its secret: id, name, scopes, when made and revoked."""
+    rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at.desc(), api_keys.c.id))
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            "scopes": r.scopes.split(","),
+            "created_at": iso(r.created_at),
+            "revoked_at": iso(r.revoked_at),
+        }
+        for r in rows
+    ]
+
+
+def revoke(conn: Connection, key_id: str, *, actor: str, now: dt.datetime) -> None:
+    """Stop a key working (within the key cache's few seconds); audited."""
+    row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+    if row is None:
+        raise NotFound(f"no API key {key_id!r}", field="key_id")
+    if row.revoked_at is None:
+        conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(revoked_at=now))
+        audit.record(
+            conn,
+            actor=actor,
+            action="api_key.revoke",
+            object_type="api_key",
+            object_id=key_id,
+            before={"name": row.name, "scopes": row.scopes},
+            now=now,
+        )

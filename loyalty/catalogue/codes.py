@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import os
+import re
 import uuid
 from collections.abc import Iterable
 
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Connection
 from loyalty import logmask
 from loyalty.catalogue.models import CODE_STATUSES, benefits, voucher_codes
 from loyalty.db import insert_ignore, is_postgres
+from loyalty.errors import ValidationError
 from loyalty.events.service import emit
 
 
@@ -173,3 +175,49 @@ def check_low_stock(conn: Connection, benefit_code: str, *, before: int | None, 
             payload={"benefit_code": benefit_code, "stock": int(row.stock), "threshold": int(row.low_stock_threshold)},
             now=now,
         )
+
+
+# --- code files ----------------------------------------------------------------------------------
+
+#: a voucher code: 4 to 64 printable characters, none of them white space
+MIN_CODE, MAX_CODE = 4, 64
+#: bad lines named in one answer
+MAX_LINE_ERRORS = 20
+
+#: A line of a code file: blank, or one code between optional spaces and tabs. A code is 4 to 64
+#: printable ASCII characters other than the space, ``,`` and ``"``: the file is CSV of one
+#: column whose values never need quoting. ``openapi.yaml`` states the whole file as one pattern
+#: (``CODE_FILE``); a test holds the two to the same answers.
+LINE_BREAK = re.compile(r"\r?\n")
+BLANK_LINE = re.compile(r"[ \t]*")
+CODE_LINE = re.compile(rf"[ \t]*([!#-+\--~]{{{MIN_CODE},{MAX_CODE}}})[ \t]*")
+
+
+def parse_codes(text: str) -> list[str]:
+    """The codes of a file of one code a line, with an optional header line ``code`` first;
+    blank lines are skipped. A bad line is named by its number, never by its content."""
+    codes: list[str] = []
+    errors: dict[str, list[str]] = {}
+    first = True
+    for number, line in enumerate(LINE_BREAK.split(text), start=1):
+        if BLANK_LINE.fullmatch(line):
+            continue
+        header, first = first and line.strip(" \t") == "code", False
+        if header:
+            continue
+        match = CODE_LINE.fullmatch(line)
+        if match is not None:
+            codes.append(match[1])
+            continue
+        errors[f"line {number}"] = [
+            "has more than one column; send one code a line"
+            if "," in line
+            else f"a code is {MIN_CODE} to {MAX_CODE} printable ASCII characters other than spaces, commas and quotes"
+        ]
+        if len(errors) >= MAX_LINE_ERRORS:
+            break
+    if errors:
+        raise ValidationError(errors)
+    if not codes:
+        raise ValidationError.one("body", "holds no codes")
+    return codes

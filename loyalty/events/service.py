@@ -133,3 +133,12 @@ def feed(conn: Connection, *, after: str | None, limit: int, types: Iterable[str
         "events": [event_json(r) for r in rows],
         "next_cursor": encode_cursor(rows[-1].tx, rows[-1].id) if rows else (after or "0.0"),
     }
+
+
+def recent(conn: Connection, *, limit: int, event_type: str | None = None) -> list[dict[str, Any]]:
+    """The latest events, newest first, optionally of one type (for people to read; consumers use :func:`feed`)."""
+    e = events.c
+    q = sa.select(events).order_by(e.id.desc()).limit(limit)
+    if event_type:
+        q = q.where(e.type == event_type)
+    return [event_json(r) for r in conn.execute(q)]

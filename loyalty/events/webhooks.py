@@ -591,3 +591,10 @@ def post(row: Any, secret: str, *, timeout: int, now: dt.datetime) -> tuple[int 
         return None, f"connection failed: {exc.reason}"[:1000]
     except (OSError, http.client.HTTPException, ValueError) as exc:
         return None, f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def dead_deliveries(conn: Connection, *, limit: int = 20) -> list[dict[str, Any]]:
+    """Deliveries that gave up, newest event first."""
+    q = sa.select(*DELIVERY_COLUMNS).join(events, e.id == d.event_id).where(d.status == "dead")
+    rows = conn.execute(q.order_by(d.event_id.desc()).limit(limit))
+    return [delivery_json(r) for r in rows]

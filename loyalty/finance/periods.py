@@ -158,3 +158,10 @@ def verify(conn: Connection, *, zone: dt.tzinfo) -> list[str]:
         if tb is None or tb != reports.trial_balance(conn, end=end):
             problems.append(f"{label}: the trial balance differs from the one stored at its close")
     return problems
+
+
+def frozen_at_month_end(conn: Connection, report: str, as_of: dt.date) -> dict[str, Any] | None:
+    """The report stored when the month closed, when ``as_of`` is the last day of a closed month."""
+    if (as_of + dt.timedelta(days=1)).day != 1:
+        return None
+    return frozen(conn, as_of.strftime("%Y-%m"), report)

@@ -88,3 +88,16 @@ def recent_runs(rt: Runtime, *, job: str | None, limit: int, before: int | None)
     more = len(rows) > limit
     rows = rows[:limit]
     return {"runs": [run_json(x) for x in rows], "next_cursor": str(rows[-1].id) if more else None}
+
+
+def failed_runs(rt: Runtime, *, since: dt.datetime, limit: int = 20) -> list[dict[str, Any]]:
+    """Runs that failed, or finished with errors, since ``since``; newest first."""
+    r = job_runs.c
+    q = (
+        sa.select(job_runs)
+        .where(r.started_at >= since, sa.or_(r.status == "failed", r.errors > 0))
+        .order_by(r.id.desc())
+        .limit(limit)
+    )
+    with transaction(rt.engine, readonly=True) as conn:
+        return [run_json(x) for x in conn.execute(q)]

@@ -247,3 +247,38 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
         "entries": entries,
         "next_cursor": str(rows[-1].seq) if more else None,
     }
+
+
+def counts_by_tier_and_stage(conn: Connection) -> list[dict[str, Any]]:
+    """How many members each tier holds in each lifecycle stage (the tier as stored: an override included)."""
+    m = members.c
+    tier = sa.func.coalesce(m.override_tier, m.tier)
+    rows = conn.execute(
+        sa.select(tier.label("tier"), m.lifecycle_stage, sa.func.count().label("members"))
+        .group_by(tier, m.lifecycle_stage)
+        .order_by(tier, m.lifecycle_stage)
+    )
+    return [{"tier": r.tier, "stage": r.lifecycle_stage, "members": int(r.members)} for r in rows]
+
+
+def open_lots(conn: Connection, member_id: str, *, now: dt.datetime, limit: int = 100) -> list[dict[str, Any]]:
+    """The member's lots with points left, soonest to expire first (the order they are spent in)."""
+    pl = point_lots.c
+    rows = conn.execute(
+        sa.select(pl.rule_id, pl.reason, pl.funding_source, pl.original, pl.remaining, pl.earned_at, pl.expires_at)
+        .where(pl.member_id == member_id, pl.remaining > 0, pl.expires_at > now)
+        .order_by(pl.expires_at, pl.earned_at)
+        .limit(limit)
+    )
+    return [
+        {
+            "rule_id": r.rule_id,
+            "reason": r.reason,
+            "funding_source": r.funding_source,
+            "original": int(r.original),
+            "remaining": int(r.remaining),
+            "earned_at": iso(r.earned_at),
+            "expires_at": None if r.expires_at >= ledger.NEVER else iso(r.expires_at),
+        }
+        for r in rows
+    ]

@@ -506,3 +506,41 @@ def member_benefits(conn: Connection, member_id: str, *, zone: dt.tzinfo, now: d
             if b.status == "active" and b.in_window(now)
         ],
     }
+
+
+def usage_by_tier(conn: Connection, *, since: dt.datetime) -> dict[str, int]:
+    """Members of each tier (as stored now) who redeemed anything since ``since``, cancelled or not."""
+    m, r = members.c, redemptions.c
+    tier = sa.func.coalesce(m.override_tier, m.tier)
+    rows = conn.execute(
+        sa.select(tier.label("tier"), sa.func.count(sa.distinct(r.member_id)).label("members"))
+        .select_from(redemptions.join(members, m.member_id == r.member_id))
+        .where(r.created_at >= since)
+        .group_by(tier)
+    )
+    return {row.tier: int(row.members) for row in rows}
+
+
+def stuck(conn: Connection, *, before: dt.datetime, limit: int = 20) -> list[dict[str, Any]]:
+    """Redemptions still pending fulfilment that were made before ``before``, oldest first."""
+    r = redemptions.c
+    rows = conn.execute(
+        sa.select(r.member_id, r.id, r.benefit_code, r.created_at, r.attempts)
+        .where(r.status == "pending", r.created_at < before)
+        .order_by(r.created_at)
+        .limit(limit)
+    )
+    return [
+        {"member_id": x.member_id, "redemption_id": x.id, "benefit": x.benefit_code,
+         "created_at": iso(x.created_at), "attempts": int(x.attempts)}
+        for x in rows
+    ]
+
+
+def member_redemptions(conn: Connection, member_id: str, *, now: dt.datetime, limit: int = 50) -> list[dict[str, Any]]:
+    """A member's latest redemptions, newest first, each as :func:`redemption_view` shows it."""
+    r = redemptions.c
+    ids = conn.execute(
+        sa.select(r.id).where(r.member_id == member_id).order_by(r.created_at.desc(), r.id).limit(limit)
+    ).scalars()
+    return [redemption_view(conn, member_id, i, now=now) for i in list(ids)]
