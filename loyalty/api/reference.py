@@ -44,7 +44,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
-class _Yaml12Loader(yaml.SafeLoader):
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it
+
+
+class _Yaml12Loader(_SafeLoader):  # type: ignore[valid-type, misc]
     """PyYAML's safe loader without the YAML 1.1 guesses YAML 1.2 does not make (``2026-12-01`` a date,
     ``yes`` and ``on`` booleans): the JSON document says what the YAML does, as a YAML 1.2 reader (and
     every OpenAPI tool) reads it."""
@@ -77,15 +80,13 @@ def _no_store(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    yaml_bytes, json_bytes = _documents()
-
     @app.get("/openapi.yaml")
     def openapi_yaml() -> Response:
-        return _no_store(Response(yaml_bytes, mimetype="application/yaml"))
+        return _no_store(Response(_documents()[0], mimetype="application/yaml"))
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:
-        return _no_store(Response(json_bytes, mimetype="application/json"))
+        return _no_store(Response(_documents()[1], mimetype="application/json"))
 
     @app.get("/docs")
     def docs() -> Response:
