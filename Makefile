@@ -58,7 +58,7 @@ bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/redemption.py
 
 docs: $(STAMP) ## build the documentation site into site/, strictly: a broken link or a missing page fails it
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean: ## remove the virtualenv, the local database and the built site
 	rm -rf $(VENV) var site
