@@ -9,7 +9,7 @@ WORKERS ?= 4
 # The voucher code key: the environment's LOYALTY_SECRET_KEY, else the one `make run` keeps in var/secret-key.
 SECRET := export LOYALTY_SECRET_KEY="$${LOYALTY_SECRET_KEY:-$$(cat var/secret-key)}";
 
-.PHONY: help run test lint bench clean
+.PHONY: help run test lint bench docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ help: ## list the targets
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[test,dev,docs]'
 	touch $(STAMP)
 
 run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partner, serve the API on http://$(HOST):$(PORT) and the admin UI at /admin
@@ -58,5 +58,8 @@ bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	$(BIN)/python bench/accrual.py
 	PYTHONPATH=. $(BIN)/python bench/redemption.py
 
-clean: ## remove the virtualenv and the local database
-	rm -rf $(VENV) var
+docs: $(STAMP) ## build the documentation site into site/, strictly: a broken link or a missing page fails it
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+clean: ## remove the virtualenv, the local database and the built site
+	rm -rf $(VENV) var site

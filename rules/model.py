@@ -287,7 +287,9 @@ def load_programme(doc: Any) -> Programme:
     timezone = get(doc, "timezone", "$", str, required=False, default=DEFAULT_TIMEZONE)
     try:
         zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name that is a folder of the time zone database ("Asia"), which the tzdata
+        # package (installed beside python-dateutil) reports as IsADirectoryError.
         raise RuleError("$.timezone", f"unknown time zone {timezone!r}") from None
     effective_from = _effective_from(doc.get("effective_from"), zone)
     expiry = _expiry(doc)

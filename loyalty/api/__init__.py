@@ -24,6 +24,7 @@ from loyalty.api import (  # noqa: F401  (registers the views)
     programmes,
     reconciliations,
     redemptions,
+    reference,
     tiers,
     transactions,
 )
@@ -71,6 +72,8 @@ def init_app(app: Flask) -> None:
         exc = LoyaltyError("the server failed to handle this request; it has been logged")
         exc.status, exc.code, exc.title = 500, "internal_error", "Internal server error"
         return problem(exc)
+
+    reference.init_app(app)
 
     @app.get("/health")
     def health() -> Response:

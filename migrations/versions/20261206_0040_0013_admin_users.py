@@ -1,7 +1,7 @@
 """admin users and sign-in attempts
 
-Revision ID: 0015
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-06 00:40:00
 
 The people who sign in to the admin UI (a scrypt hash of the password, roles,
@@ -12,8 +12,8 @@ address.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
