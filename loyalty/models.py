@@ -19,6 +19,7 @@ from loyalty.ledger.models import (
     point_lots,
     postings,
 )
+from loyalty.members.models import adjustments
 from loyalty.programmes.models import programme_versions
 from loyalty.records.models import member_profiles, members, reversals, transactions
 from loyalty.redemption.models import redemptions
@@ -56,4 +57,5 @@ __all__ = [
     "frozen_reports",
     "reconciliations",
     "reconciliation_lines",
+    "adjustments",
 ]
