@@ -5,7 +5,7 @@ from loyalty.auth.models import api_keys
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
-from loyalty.finance.models import frozen_reports, valuation_settings
+from loyalty.finance.models import daily_balances, daily_balances_state, frozen_reports, valuation_settings
 from loyalty.finance.reconciliation.models import reconciliation_lines, reconciliations
 from loyalty.idempotency import idempotency_keys
 from loyalty.jobs.models import job_runs
@@ -58,4 +58,6 @@ __all__ = [
     "reconciliations",
     "reconciliation_lines",
     "adjustments",
+    "daily_balances",
+    "daily_balances_state",
 ]

@@ -62,8 +62,30 @@ def upgrade() -> None:
         batch_op.create_index("ix_adjustments_id", ["id"], unique=False)
         batch_op.create_index("ix_adjustments_status_requested_at", ["status", "requested_at"], unique=False)
 
+    op.create_table(
+        "daily_balances",
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("account", sa.String(length=80), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("rule_id", sa.String(length=80), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("postings", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("day", "account", "kind", "rule_id", name=op.f("pk_daily_balances")),
+    )
+    op.create_table(
+        "daily_balances_state",
+        sa.Column("id", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("zone", sa.String(length=64), nullable=False),
+        sa.Column("through", sa.Date(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("id = 1", name=op.f("ck_daily_balances_state_one_row")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_daily_balances_state")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("daily_balances_state")
+    op.drop_table("daily_balances")
     with op.batch_alter_table("adjustments", schema=None) as batch_op:
         batch_op.drop_index("ix_adjustments_status_requested_at")
         batch_op.drop_index("ix_adjustments_id")
