@@ -4,14 +4,15 @@ expiry job over 1,000,000 expiring lots.
 Makes a scratch PostgreSQL database, migrates it, installs the default programme and generates the
 ledger with set-based SQL (``INSERT ... SELECT`` over ``generate_series``) straight into the tables,
 consistent with the ledger's invariants, in transactions of 250,000 entries: ``--members`` members,
-each with a tier (``tier_changes``) and an account; ``--postings`` / 2 accrual entries spread evenly over the year before ``AS_OF``,
-each with its two postings (the member's credit and ``issued:bank``'s debit, summing to zero), one
-point lot, and the member's running ``balance_after``; each member account's balance is the sum of
-its postings and of its lots. ``--expiring-lots`` of the lots expire before ``AS_OF`` (the others
-in 24 months). Foreign-key triggers are off while generating (``session_replication_role =
-replica``): the rows are consistent by construction, and checking 20 million references would only
-slow the generation. A ``redemption_rate`` and a ``point_value`` valuation setting for ``bank`` are
-set, so the liability values with them and does not estimate breakage.
+each with a tier (``tier_changes``) and an account; ``--postings`` / 2 accrual entries spread evenly
+over the year before ``AS_OF``, each with its two postings (the member's credit and
+``issued:bank``'s debit, summing to zero), one point lot, and the member's running
+``balance_after``; each member account's balance is the sum of its postings and of its lots.
+``--expiring-lots`` of the lots expire before ``AS_OF`` (the others in 24 months). Foreign-key
+triggers are off while generating (``session_replication_role = replica``): the rows are consistent
+by construction, and checking 20 million references would only slow the generation. A
+``redemption_rate`` and a ``point_value`` valuation setting for ``bank`` are set, so the liability
+values with them and does not estimate breakage.
 
 It then runs the ``balances`` job as of ``AS_OF`` (timed, for information) and times, each against
 a baseline measured in the same run on the same data:
