@@ -113,7 +113,7 @@ def generate(engine: sa.Engine, postings: int, members: int, expiring: int) -> N
                SELECT g, 'F' || lpad((1 + g % :n)::text, 8, '0') AS member_id, (g / :n + 1)::int AS seq,
                       md5('e' || g)::uuid AS id, (1 + (g * 7919) % 500)::bigint AS points,
                       :t0 + (:t1 - :t0) * (g::float8 / :e) AS posted_at
-                 FROM generate_series(:lo, :hi - 1) g""",
+                 FROM generate_series(CAST(:lo AS bigint), :hi - 1) g""",
         ),
         (
             "journal_entries",
