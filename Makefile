@@ -57,6 +57,7 @@ bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/tier_review.py
 	$(BIN)/python bench/accrual.py
 	PYTHONPATH=. $(BIN)/python bench/redemption.py
+	PYTHONPATH=. $(BIN)/python bench/finance.py
 
 docs: $(STAMP) ## build the documentation site into site/, strictly: a broken link or a missing page fails it
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -160,3 +160,18 @@ class RequestHeadersTooLarge(LoyaltyError):
     status = 431
     code = "request_headers_too_large"
     title = "Request headers too large"
+
+
+class FourEyes(LoyaltyError):
+    """The principal deciding a manual adjustment is the one who requested it."""
+
+    status = 403
+    code = "four_eyes"
+    title = "A second person must decide"
+
+
+class AdjustmentNotPending(Conflict):
+    """A manual adjustment was already approved or rejected."""
+
+    code = "adjustment_not_pending"
+    title = "Adjustment already decided"

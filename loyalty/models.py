@@ -5,7 +5,7 @@ from loyalty.auth.models import admin_users, api_keys, sign_in_attempts
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
-from loyalty.finance.models import frozen_reports, valuation_settings
+from loyalty.finance.models import daily_balances, daily_balances_state, frozen_reports, valuation_settings
 from loyalty.finance.reconciliation.models import reconciliation_lines, reconciliations
 from loyalty.idempotency import idempotency_keys
 from loyalty.jobs.models import job_runs
@@ -19,6 +19,7 @@ from loyalty.ledger.models import (
     point_lots,
     postings,
 )
+from loyalty.members.models import adjustments
 from loyalty.programmes.models import programme_versions
 from loyalty.records.models import member_profiles, members, reversals, transactions
 from loyalty.redemption.models import redemptions
@@ -58,4 +59,7 @@ __all__ = [
     "frozen_reports",
     "reconciliations",
     "reconciliation_lines",
+    "adjustments",
+    "daily_balances",
+    "daily_balances_state",
 ]

@@ -25,6 +25,7 @@ MEMBER_SCOPED = {
     "tier_changes",
     "lifecycle_changes",
     "redemptions",
+    "adjustments",
 }
 #: Tables that are not member-scoped, and why.
 NOT_MEMBER_SCOPED = {
@@ -47,6 +48,8 @@ NOT_MEMBER_SCOPED = {
     "frozen_reports": "a closed month's stored reports",
     "reconciliations": "finance's record of a partner's statement, keyed by its own id",
     "reconciliation_lines": "lines of a reconciliation, keyed by it; a line names our redemption's member",
+    "daily_balances": "finance's roll-up of the postings across members, per day and account",
+    "daily_balances_state": "one row: how far the daily balances go",
 }
 
 

@@ -13,6 +13,7 @@ EVENT_TYPES = (
     "points.reversed",
     "points.expiring",
     "points.expired",
+    "points.adjusted",
     "tier.changed",
     "lifecycle.changed",
     "redemption.fulfilled",

@@ -88,14 +88,20 @@ def liability(conn: Connection, *, as_of: dt.date, zone: dt.tzinfo, default_poin
     owed = owed_by_member_and_funding(conn, end=end)
     tier_of = tiers_at(conn, end=end)
     valuation = settings.in_force(conn, as_of)
-    estimate = breakage.cohorts(conn, end=end, zone=zone)["estimate"]["ultimate_redemption_rate"]
+    estimates: list[str | None] = []
+
+    def breakage_estimate() -> str | None:
+        """Read the cohorts (every lot) only when a funding source has no redemption rate set."""
+        if not estimates:
+            estimates.append(breakage.cohorts(conn, end=end, zone=zone)["estimate"]["ultimate_redemption_rate"])
+        return estimates[0]
 
     def inputs(source: str) -> dict[str, Any]:
         value = valuation.get("point_value", {}).get(source)
         rate = valuation.get("redemption_rate", {}).get(source)
         if rate is not None:
             rate_from = "valuation setting"
-        elif estimate is not None:
+        elif (estimate := breakage_estimate()) is not None:
             rate, rate_from = Decimal(estimate), "breakage estimate"
         else:
             rate, rate_from = Decimal(1), "none yet: every point redeemed"

@@ -37,3 +37,32 @@ frozen_reports = sa.Table(
     #: JSON
     sa.Column("body", sa.Text, nullable=False),
 )
+
+#: The net movement of each account per local day of the bank, by the kind of the entries that
+#: moved it and the rule of the postings (``''`` for none): what the roll-forward and the trial
+#: balance read for the days rolled up. Written only by the ``balances`` job
+#: (:mod:`loyalty.finance.balances`), from the postings; a cache the postings can always rebuild.
+daily_balances = sa.Table(
+    "daily_balances",
+    metadata,
+    #: the local day of the postings' posting date, in the zone of :data:`daily_balances_state`
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("account", sa.String(80), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("rule_id", sa.String(80), primary_key=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    #: how many postings the row sums
+    sa.Column("postings", sa.BigInteger, nullable=False),
+)
+
+#: How far :data:`daily_balances` goes: every local day up to ``through`` in ``zone`` is rolled up;
+#: later days are read from the postings. One row.
+daily_balances_state = sa.Table(
+    "daily_balances_state",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("zone", sa.String(64), nullable=False),
+    sa.Column("through", sa.Date, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("id = 1", name="one_row"),
+)

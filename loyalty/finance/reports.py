@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty.calendar import iso
+from loyalty.finance import balances
+from loyalty.finance.models import daily_balances
 from loyalty.ledger.models import accounts, holds, journal_entries, postings
 
 #: The accounts whose balances the bank owes its members.
@@ -25,24 +27,48 @@ OUTSTANDING = ("member", "holds")
 
 def trial_balance(conn: Connection, *, end: dt.datetime) -> dict[str, Any]:
     """Every account's balance from the postings before ``end``; they sum to zero."""
-    p, a = postings.c, accounts.c
-    rows = conn.execute(
-        sa.select(a.code, a.kind, sa.func.coalesce(sa.func.sum(p.amount), 0).label("balance"))
-        .select_from(accounts.outerjoin(postings, sa.and_(p.account == a.code, p.posted_at < end)))
-        .group_by(a.code, a.kind)
-        .order_by(a.code)
-    ).all()
-    lines = [{"account": r.code, "kind": r.kind, "balance": int(r.balance)} for r in rows]
+    a = accounts.c
+    codes = {r.code: r.kind for r in conn.execute(sa.select(a.code, a.kind).order_by(a.code))}
+    found = _sums(conn, None, end, (), tuple(codes))
+    balances: dict[str, int] = defaultdict(int)
+    for (account,), amount in found.items():
+        balances[account] += amount
+    lines = [{"account": code, "kind": kind, "balance": balances.get(code, 0)} for code, kind in codes.items()]
     return {"as_of": iso(end), "accounts": lines, "total": sum(line["balance"] for line in lines)}
 
 
 def outstanding(conn: Connection, *, end: dt.datetime) -> int:
     """Points owed to members from the postings before ``end``."""
-    p = postings.c
-    total = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(p.amount), 0)).where(p.account.in_(OUTSTANDING), p.posted_at < end)
-    ).scalar_one()
-    return int(total)
+    return sum(_sums(conn, None, end, (), OUTSTANDING).values())
+
+
+def _sums(
+    conn: Connection, start: dt.datetime | None, end: dt.datetime, by: tuple[str, ...], codes: tuple[str, ...]
+) -> dict[tuple[str, ...], int]:
+    """The postings to ``codes`` posted in ``[start, end)`` summed by account and ``by`` (``kind``,
+    ``rule_id``): the whole days the ``balances`` job rolled up from :data:`daily_balances`, the
+    rest from the postings (through the index on account and posting date)."""
+    d, p, je = daily_balances.c, postings.c, journal_entries.c
+    out: dict[tuple[str, ...], int] = defaultdict(int)
+    how = balances.split(conn, start, end)
+    if how.days is not None:
+        keys = [d.account, *(getattr(d, k) for k in by)]
+        q = sa.select(*keys, sa.func.sum(d.amount)).where(balances.in_days(how.days), d.account.in_(codes))
+        for row in conn.execute(q.group_by(*keys)):
+            out[_key(row)] += int(row[-1])
+    for span in how.live:
+        columns = {"kind": je.kind, "rule_id": sa.func.coalesce(p.rule_id, "")}
+        keys = [p.account, *(columns[k] for k in by)]
+        q = sa.select(*keys, sa.func.sum(p.amount)).where(balances.posted_in(span), p.account.in_(codes))
+        if by:
+            q = q.select_from(postings.join(journal_entries, sa.and_(je.member_id == p.member_id, je.id == p.entry_id)))
+        for row in conn.execute(q.group_by(*keys)):
+            out[_key(row)] += int(row[-1])
+    return dict(out)
+
+
+def _key(row: Any) -> tuple[str, ...]:
+    return tuple(row[:-1])
 
 
 def rollforward(conn: Connection, *, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
@@ -54,29 +80,22 @@ def rollforward(conn: Connection, *, start: dt.datetime, end: dt.datetime) -> di
     closing figure is then tied out against the members' own balances at ``end`` (each
     member's balance after its last entry before ``end``, plus its holds pending then), and
     every member whose figures differ is listed: nothing is netted or hidden."""
-    p, je = postings.c, journal_entries.c
-    in_period = sa.and_(p.posted_at >= start, p.posted_at < end)
     opening = outstanding(conn, end=start)
-    rows = conn.execute(
-        sa.select(je.kind, p.account, p.rule_id, sa.func.sum(p.amount).label("amount"))
-        .select_from(postings.join(journal_entries, sa.and_(je.member_id == p.member_id, je.id == p.entry_id)))
-        .where(in_period)
-        .group_by(je.kind, p.account, p.rule_id)
-    ).all()
+    codes = tuple(conn.execute(sa.select(accounts.c.code)).scalars())
+    moved_by = _sums(conn, start, end, ("kind", "rule_id"), codes)
     earned_by_funding: dict[str, int] = defaultdict(int)
     earned_by_rule: dict[str, int] = defaultdict(int)
     redeemed_by_account: dict[str, int] = defaultdict(int)
     moved: dict[str, int] = defaultdict(int)  # by entry kind, change of the outstanding points
-    for r in rows:
-        amount = int(r.amount)
-        if r.account in OUTSTANDING:
-            moved[r.kind] += amount
-            if r.kind in ("accrual", "bonus") and r.account == "member":
-                earned_by_rule[r.rule_id or "unspecified"] += amount
-        elif r.kind in ("accrual", "bonus") and r.account.startswith("issued:"):
-            earned_by_funding[r.account.removeprefix("issued:")] -= amount
-        elif r.kind == "capture":
-            redeemed_by_account[r.account] += amount
+    for (account, kind, rule_id), amount in moved_by.items():
+        if account in OUTSTANDING:
+            moved[kind] += amount
+            if kind in ("accrual", "bonus") and account == "member":
+                earned_by_rule[rule_id or "unspecified"] += amount
+        elif kind in ("accrual", "bonus") and account.startswith("issued:"):
+            earned_by_funding[account.removeprefix("issued:")] -= amount
+        elif kind == "capture":
+            redeemed_by_account[account] += amount
     earned = moved["accrual"] + moved["bonus"]
     redeemed = -moved["capture"]
     expired = -moved["expiry"]

@@ -71,6 +71,12 @@ JOBS: dict[str, Job] = {
             {"trigger": "cron", "hour": 0, "minute": 15},
         ),
         Job(
+            "balances",
+            "daily balances: each account's net movement per local day, rolled up from the postings for finance",
+            "loyalty.finance.balances:run",
+            {"trigger": "cron", "hour": 0, "minute": 45},
+        ),
+        Job(
             "webhooks",
             "deliver events to webhook subscriptions, with retries and a dead-letter state",
             "loyalty.events.webhooks:deliver",

@@ -41,6 +41,9 @@ from rules import Award, Programme
 MEMBER = "member"
 HOLDS = "holds"
 EXPIRED = "expired"
+#: The system account manual adjustments post against, and the funding source of the lots they credit.
+ADJUSTMENTS = "adjustments"
+ADJUSTMENT_FUNDING = "adjustment"
 
 #: What a refund does when the member has already spent the points:
 #: ``negative`` takes them all back, letting the balance go below zero;
@@ -482,6 +485,72 @@ def expire(conn: Connection, member_id: str, *, as_of: dt.datetime, now: dt.date
         held_after,
         [{"id": lot.id, "points": lot.remaining, "expires_at": lot.expires_at} for lot in lapsed],
     )
+
+
+def adjust(
+    conn: Connection,
+    member_id: str,
+    points: int,
+    *,
+    source_ref: str,
+    reason: str,
+    expires_at: dt.datetime,
+    now: dt.datetime,
+) -> Posted:
+    """Post a manual adjustment of ``points`` (signed, not zero) between the member and
+    ``adjustments``: one ``adjustment`` entry whose ``source_ref`` makes it once per member.
+
+    A positive one credits the member and opens one lot (funding source ``adjustment``) expiring
+    at ``expires_at``; if the balance was below zero, the lot pays that debt first, as an accrual's
+    does. A negative one needs the member's available points to cover it with points that have
+    not expired by ``now`` (refused with :class:`InsufficientPoints` otherwise) and takes them from
+    the unexpired lots first-expiring-first, as a redemption does. Not member activity: the
+    member's last activity stays as it was."""
+    if points == 0:
+        raise ValueError("an adjustment needs non-zero points")
+    balance_after, held_after, seq = _bump_account(conn, member_id, delta=points, require_cover=max(0, -points))
+    entry_id = new_id()
+    _write_entry(
+        conn,
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind="adjustment",
+        source_ref=source_ref,
+        lines=[Line(MEMBER, points), Line(ADJUSTMENTS, -points)],
+        balance_after=balance_after,
+        now=now,
+        memo=reason[:500],
+    )
+    if points < 0:
+        plan = take(_open_lots(conn, member_id, unexpired_at=now), -points)
+        spendable = sum(n for _, n in plan)
+        if spendable != -points:  # the balance counts points that have expired and not lapsed yet
+            raise InsufficientPoints(
+                f"member {member_id!r} does not have {-points} points available: some have expired",
+                required=-points,
+                available=spendable,
+            )
+        _consume(conn, member_id, entry_id, plan)
+        return Posted(entry_id, seq, points, balance_after, held_after)
+    lot = {
+        "member_id": member_id,
+        "id": new_id(),
+        "entry_id": entry_id,
+        "rule_id": "manual-adjustment",
+        "reason": reason[:200],
+        "funding_source": ADJUSTMENT_FUNDING,
+        "qualifying": False,
+        "original": points,
+        "remaining": points,
+        "earned_at": now,
+        "expires_at": expires_at,
+    }
+    conn.execute(INSERT_LOTS, [lot])
+    debt = min(points, max(0, points - balance_after))
+    if debt:
+        _consume(conn, member_id, entry_id, [(str(lot["id"]), debt)])
+    return Posted(entry_id, seq, points, balance_after, held_after, [lot])
 
 
 def _split(points: int, weights: dict[str, int]) -> dict[str, int]:
