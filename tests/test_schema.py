@@ -25,6 +25,8 @@ MEMBER_SCOPED = {
     "tier_changes",
     "lifecycle_changes",
     "redemptions",
+    "redemption_refusals",
+    "member_feedback",
 }
 #: Tables that are not member-scoped, and why.
 NOT_MEMBER_SCOPED = {
@@ -45,6 +47,9 @@ NOT_MEMBER_SCOPED = {
     "frozen_reports": "a closed month's stored reports",
     "reconciliations": "finance's record of a partner's statement, keyed by its own id",
     "reconciliation_lines": "lines of a reconciliation, keyed by it; a line names our redemption's member",
+    "analytics_benefit_rollups": "aggregates across members, keyed by period, tier and benefit",
+    "analytics_tier_rollups": "aggregates across members, keyed by period and tier",
+    "analytics_advice_decisions": "a benefits manager's decisions on advice, keyed by finding",
 }
 
 
