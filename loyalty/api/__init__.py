@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from werkzeug.routing import BaseConverter
 
 from loyalty.api import (  # noqa: F401  (registers the views)
+    analytics,
     catalogue,
     events,
     finance,

@@ -357,7 +357,6 @@ def end_override(conn: Connection, member_id: str, *, actor: str, now: dt.dateti
     )
 
 
-
 # ---- views ------------------------------------------------------------------------------------------------------
 
 
