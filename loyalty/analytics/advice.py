@@ -240,6 +240,7 @@ def advice(rt: Runtime, period: str, thresholds: Thresholds | None = None) -> di
             d = decided.get(f["finding_id"])
             if d is not None:
                 f["decision"] = {
+                    "finding_id": d.finding_id,
                     "decision": d.decision,
                     "note": d.note,
                     "decided_by": d.decided_by,

@@ -65,7 +65,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["benefit_code"], ["benefits.code"], name=op.f("fk_member_feedback_benefit_code_benefits")
         ),
-        sa.ForeignKeyConstraint(["member_id"], ["members.member_id"], name=op.f("fk_member_feedback_member_id_members")),
+        sa.ForeignKeyConstraint(
+            ["member_id"], ["members.member_id"], name=op.f("fk_member_feedback_member_id_members")
+        ),
         sa.ForeignKeyConstraint(
             ["member_id", "redemption_id"],
             ["redemptions.member_id", "redemptions.id"],
