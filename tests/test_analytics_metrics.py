@@ -14,7 +14,7 @@ from loyalty.analytics.models import benefit_rollups, tier_rollups
 from loyalty.db import transaction
 from loyalty.jobs.runner import run_job
 from loyalty.runtime import Runtime
-from tests.conftest import START, Clock
+from tests.conftest import START, Clock, make_key
 from tests.contract import ContractClient
 from tests.helpers import enrol, txn
 
@@ -180,3 +180,71 @@ def test_the_rollups_equal_the_live_figures_and_the_job_is_idempotent(
     stored = service.report(runtime, "2026-06", minimum_answers=1)["periods"][0]
     assert stored["source"] == "rollup"
     assert {**stored, "source": None, "built_at": None} == {**live, "source": None, "built_at": None}
+
+
+def test_the_report_over_the_api_as_json_csv_and_xlsx(client: ContractClient, june: dict[str, Any]) -> None:
+    r = client.get("/v1/analytics/report?period=2026-06&minimum_answers=1")
+    assert r.status_code == 200
+    assert benefit_of(r.get_json()["periods"][0], "basic", "coffee")["cost_fen"] == 170
+    weeks = client.get("/v1/analytics/report?period=2026-W24&to=2026-W26&tier=basic&benefit_code=coffee")
+    assert [p["period"] for p in weeks.get_json()["periods"]] == ["2026-W24", "2026-W25", "2026-W26"]
+    assert [t["tier"] for t in weeks.get_json()["periods"][0]["tiers"]] == ["basic"]
+    days = client.get("/v1/analytics/report?period=2026-06-15&to=2026-06-17&tier=*&benefit_code=coffee")
+    assert [benefit_of(p, "*", "coffee")["units"] for p in days.get_json()["periods"]] == [1, 2, 1]
+    csv = client.get("/v1/analytics/report?period=2026-06&format=csv")
+    assert csv.status_code == 200 and csv.mimetype == "text/csv"
+    lines = csv.get_data(as_text=True).splitlines()
+    assert lines[0].startswith("period,tier,benefit_code,members")
+    assert any(line.startswith("2026-06,basic,coffee,3,2,") for line in lines)
+    xlsx = client.get("/v1/analytics/report?period=2026-Q2&format=xlsx")
+    assert xlsx.status_code == 200 and xlsx.get_data()[:2] == b"PK"
+    for query, field in (
+        ("period=2026-13", "period"),
+        ("period=2026-06&to=2026-Q3", "to"),
+        ("period=2026-06&to=2026-05", "to"),
+        ("period=2026-06&tier=a%20b", "tier"),
+        ("period=2026-06&format=pdf", "format"),
+        ("", "period"),
+    ):
+        bad = client.get(f"/v1/analytics/report?{query}")
+        assert bad.status_code == 422 and bad.get_json()["field"] == field, query
+    explained = client.get("/v1/analytics/explain?period=2026-06&metric=redemptions&tier=basic&benefit_code=coffee")
+    assert explained.get_json()["ids"] == ["r1", "r2"] and explained.get_json()["count"] == 2
+    assert client.get("/v1/analytics/explain?period=2026-06&metric=nothing").status_code == 422
+
+
+def test_feedback_is_idempotent_and_refuses_numbers_in_comments(
+    client: ContractClient, runtime: Runtime, june: dict[str, Any]
+) -> None:
+    body = {
+        "feedback_id": "f9",
+        "member_id": "m3",
+        "score": 8,
+        "redemption_id": "r3",
+        "comment": "fast, thanks",
+        "answered_at": START.isoformat(),
+    }
+    first = client.post("/v1/feedback", json=body)
+    assert first.status_code == 201 and first.get_json()["benefit_code"] == "scarce"
+    again = client.post("/v1/feedback", json=body)
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert client.post("/v1/feedback", json={**body, "score": 2}).status_code == 409
+    for over, field in (
+        ({"comment": "call me on 13812345678"}, "comment"),
+        ({"score": 11}, "score"),
+        ({"redemption_id": "r1"}, "redemption_id"),
+        ({"benefit_code": "nothing", "redemption_id": None}, "benefit_code"),
+        ({"answered_at": (START + dt.timedelta(days=9)).isoformat()}, "answered_at"),
+        ({"member_id": "nobody"}, "member_id"),
+    ):
+        bad = client.post("/v1/feedback", json={**body, "feedback_id": "f10", **over})
+        assert bad.status_code == 422 and bad.get_json()["field"] == field, over
+    listed = client.get("/v1/feedback?period=2026-06&benefit_code=coffee&minimum_answers=2").get_json()
+    assert [f["feedback_id"] for f in listed["feedback"]] == ["f1", "f2"]
+    assert [f["tier"] for f in listed["feedback"]] == ["hnw", "basic"]
+    assert listed["nps"]["score"] == "0.0"
+    hnw = client.get("/v1/feedback?period=2026-06&tier=hnw").get_json()
+    assert [f["feedback_id"] for f in hnw["feedback"]] == ["f1"] and hnw["nps"]["score"] is None
+    channel = make_key(runtime, "feedback")
+    assert client.post("/v1/feedback", key=channel, json={**body, "feedback_id": "f11"}).status_code == 201
+    assert client.get("/v1/feedback?period=2026-06", key=channel).status_code == 403
