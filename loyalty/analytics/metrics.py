@@ -70,17 +70,22 @@ BENEFIT_MEASURES = (
 )
 
 
-def tier_at(member: Any, moment: Any) -> sa.ScalarSelect[Any]:
+#: The tier of an event before the member's first tier change (data older than the enrolment).
+NO_TIER = "-"
+
+
+def tier_at(member: Any, moment: Any) -> sa.ColumnElement[Any]:
     """The tier in force for ``member`` at ``moment``: the last change at or before it (of two
-    changes at one instant, the enrolment is the earlier)."""
+    changes at one instant, the enrolment is the earlier); :data:`NO_TIER` before the first."""
     tc = tier_changes.alias("tier_then")
-    return (
+    last = (
         sa.select(tc.c.to_tier)
         .where(tc.c.member_id == member, tc.c.changed_at <= moment)
         .order_by(tc.c.changed_at.desc(), sa.case((tc.c.from_tier.is_(None), 1), else_=0))
         .limit(1)
         .scalar_subquery()
     )
+    return sa.func.coalesce(last, NO_TIER)
 
 
 def held(span: Span) -> sa.Subquery:
@@ -89,7 +94,7 @@ def held(span: Span) -> sa.Subquery:
     m, tc = members.c, tier_changes.c
     at_start = sa.select(m.member_id, tier_at(m.member_id, s).label("tier")).subquery("at_start")
     return sa.union(
-        sa.select(at_start.c.member_id, at_start.c.tier).where(at_start.c.tier.is_not(None)),
+        sa.select(at_start.c.member_id, at_start.c.tier).where(at_start.c.tier != NO_TIER),
         sa.select(tc.member_id, tc.to_tier.label("tier")).where(tc.changed_at > s, tc.changed_at < e),
     ).subquery("held")
 
