@@ -27,8 +27,9 @@ from sqlalchemy.engine import Connection
 from loyalty.analytics import catalogue
 from loyalty.analytics.models import ALL, feedback
 from loyalty.analytics.periods import Span, overlapping, previous
+from loyalty.db import scratch
 from loyalty.ledger.models import accounts, postings
-from loyalty.records.models import member_profiles, members, transactions
+from loyalty.records.models import member_profiles, transactions
 from loyalty.redemption.models import redemption_refusals, redemptions
 from loyalty.tiers.models import lifecycle_changes, tier_changes
 
@@ -88,15 +89,41 @@ def tier_at(member: Any, moment: Any) -> sa.ColumnElement[Any]:
     return sa.func.coalesce(last, NO_TIER)
 
 
-def held(span: Span) -> sa.Subquery:
-    """``(member_id, tier)`` for every tier a member held at some moment of the period."""
+def held_query(span: Span) -> sa.Select[Any]:
+    """``(member_id, tier)`` for every tier a member held at some moment of the period: each tier
+    change is in force from its moment to the next change's (of two at one instant, the enrolment
+    first), and counts if that overlaps the period."""
     s, e = span.bounds
-    m, tc = members.c, tier_changes.c
-    at_start = sa.select(m.member_id, tier_at(m.member_id, s).label("tier")).subquery("at_start")
-    return sa.union(
-        sa.select(at_start.c.member_id, at_start.c.tier).where(at_start.c.tier != NO_TIER),
-        sa.select(tc.member_id, tc.to_tier.label("tier")).where(tc.changed_at > s, tc.changed_at < e),
-    ).subquery("held")
+    tc = tier_changes.c
+    order = (tc.changed_at, sa.case((tc.from_tier.is_(None), 0), else_=1))
+    spans = (
+        sa.select(
+            tc.member_id,
+            tc.to_tier.label("tier"),
+            sa.func.lead(tc.changed_at).over(partition_by=tc.member_id, order_by=order).label("until"),
+        )
+        .where(tc.changed_at < e)
+        .subquery("tier_spans")
+    )
+    return (
+        sa.select(spans.c.member_id, spans.c.tier).where(sa.or_(spans.c.until.is_(None), spans.c.until > s)).distinct()
+    )
+
+
+def held(span: Span) -> sa.Subquery:
+    return held_query(span).subquery("held")
+
+
+def materialise_held(conn: Connection, span: Span) -> sa.Table:
+    """:func:`held` written once to a temporary table, for the many figures that read it."""
+    table = scratch(
+        conn,
+        "analytics_held",
+        sa.Column("member_id", sa.String(64), primary_key=True),
+        sa.Column("tier", sa.String(64), primary_key=True),
+    )
+    conn.execute(table.insert().from_select(["member_id", "tier"], held_query(span)))
+    return table
 
 
 def in_span(column: Any, span: Span) -> sa.ColumnElement[bool]:
@@ -124,7 +151,7 @@ def _active(span: Span) -> sa.Subquery:
     )
 
 
-def tier_measures(conn: Connection, span: Span, zone: dt.tzinfo) -> dict[str, dict[str, Any]]:
+def tier_measures(conn: Connection, span: Span, zone: dt.tzinfo, h: Any) -> dict[str, dict[str, Any]]:
     """Per tier (and ``*``): every measure of :data:`TIER_MEASURES` and the tier migrations."""
     out: dict[str, dict[str, Any]] = defaultdict(lambda: dict.fromkeys(TIER_MEASURES, 0))
 
@@ -132,7 +159,6 @@ def tier_measures(conn: Connection, span: Span, zone: dt.tzinfo) -> dict[str, di
         for tier, values in found.items():
             out[tier].update(values)
 
-    h = held(span)
     merge(_by_tier_and_all(conn, h, ("members", sa.func.count(sa.distinct(h.c.member_id)))))
     active = _active(span)
     merge(_by_tier_and_all(conn, active, ("active", sa.func.count(sa.distinct(active.c.member_id)))))
@@ -285,6 +311,7 @@ def benefit_measures(
     tiers: list[str],
     members_by_tier: dict[str, int],
     versions: dict[str, list[catalogue.Version]],
+    h: Any,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (tier, benefit), with ``*`` totals: every measure of :data:`BENEFIT_MEASURES`, the
     cost by funding source and the refusals by reason."""
@@ -300,26 +327,28 @@ def benefit_measures(
         if offer.entitlement:
             quota = int(offer.entitlement["quota"]) * overlapping(offer.entitlement["period"], span, zone)
             out[(tier, code)]["quota_granted"] = eligible * quota
-    h = held(span)
-    pairs = [
-        sa.select(sa.literal(tier, sa.String).label("tier"), sa.literal(code, sa.String).label("benefit_code"))
-        for tier, code in offers
-    ]
-    if pairs:
-        open_ = sa.union_all(*pairs).subquery("open_to")
-        q = sa.select(open_.c.benefit_code, sa.func.count(sa.distinct(h.c.member_id)).label("n")).join(
-            h, h.c.tier == open_.c.tier
-        )
-        for r in conn.execute(q.group_by(open_.c.benefit_code)):
-            out[(ALL, r.benefit_code)]["eligible"] = int(r.n)
-        for tier in {t for t, _ in offers}:
-            out[(tier, ALL)]["eligible"] = members_by_tier.get(tier, 0)
-        n = conn.execute(sa.select(sa.func.count(sa.distinct(h.c.member_id))).join(open_, open_.c.tier == h.c.tier))
-        out[(ALL, ALL)]["eligible"] = int(n.scalar_one())
-        for tier, code in offers:
-            out[(tier, ALL)]["quota_granted"] += out[(tier, code)]["quota_granted"]
-            out[(ALL, code)]["quota_granted"] += out[(tier, code)]["quota_granted"]
-            out[(ALL, ALL)]["quota_granted"] += out[(tier, code)]["quota_granted"]
+    # Over all tiers each member once: the per-tier counts less the extra tiers of the few
+    # members who held more than one this period.
+    changers: dict[str, set[str]] = defaultdict(set)
+    several = sa.select(h.c.member_id).group_by(h.c.member_id).having(sa.func.count() > 1).subquery("several")
+    for member_id, tier in conn.execute(
+        sa.select(h.c.member_id, h.c.tier).join(several, several.c.member_id == h.c.member_id)
+    ):
+        changers[member_id].add(tier)
+
+    def once(open_tiers: set[str]) -> int:
+        total = sum(members_by_tier.get(t, 0) for t in open_tiers)
+        return total - sum(max(len(ts & open_tiers) - 1, 0) for ts in changers.values())
+
+    for code in {c for _, c in offers}:
+        out[(ALL, code)]["eligible"] = once({t for t, c in offers if c == code})
+    for tier in {t for t, _ in offers}:
+        out[(tier, ALL)]["eligible"] = members_by_tier.get(tier, 0)
+    if offers:
+        out[(ALL, ALL)]["eligible"] = once({t for t, _ in offers})
+    for tier, code in offers:
+        for key in ((tier, ALL), (ALL, code), (ALL, ALL)):
+            out[key]["quota_granted"] += out[(tier, code)]["quota_granted"]
 
     rd, costs = redemptions.c, catalogue.cost_table(versions)
     used = (
@@ -392,12 +421,14 @@ def compute(
     conn: Connection, span: Span, *, zone: dt.tzinfo, tiers: list[str]
 ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
     """The raw measures of ``span`` from the raw tables: per tier, and per (tier, benefit)."""
-    by_tier = tier_measures(conn, span, zone)
+    h = materialise_held(conn, span)
+    by_tier = tier_measures(conn, span, zone, h)
     all_tiers = list(dict.fromkeys([*tiers, *(t for t in by_tier if t != ALL)]))
     for tier in all_tiers:
         by_tier.setdefault(tier, {**dict.fromkeys(TIER_MEASURES, 0), "migrations": []})
     members_by_tier = {t: v["members"] for t, v in by_tier.items()}
-    by_benefit = benefit_measures(conn, span, zone, all_tiers, members_by_tier, catalogue.versions(conn))
+    by_benefit = benefit_measures(conn, span, zone, all_tiers, members_by_tier, catalogue.versions(conn), h)
+    h.drop(conn)
     return by_tier, by_benefit
 
 
