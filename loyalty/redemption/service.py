@@ -14,7 +14,8 @@
    code from the pool or the bank's own booking at once; a partner later,
    through the fulfilment job.
 
-A refusal raises, so the transaction rolls back and nothing is written.
+A refusal raises, so the transaction rolls back and nothing is written; the API then keeps
+the refusal itself (:func:`record_refusal`), for the analytics of turned-away demand.
 
 Limits and entitlement quotas count the units of the member's ``pending`` and
 ``fulfilled`` redemptions of the benefit created in the current local day,
