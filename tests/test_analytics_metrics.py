@@ -205,6 +205,8 @@ def test_the_report_over_the_api_as_json_csv_and_xlsx(client: ContractClient, ju
         ("period=2026-06&tier=a%20b", "tier"),
         ("period=2026-06&format=pdf", "format"),
         ("", "period"),
+        ("period=0001", "period"),
+        ("period=2026-01-01&to=2026-12-31", "to"),
     ):
         bad = client.get(f"/v1/analytics/report?{query}")
         assert bad.status_code == 422 and bad.get_json()["field"] == field, query

@@ -11,7 +11,9 @@ from loyalty import calendar
 from loyalty.errors import ValidationError
 
 #: Most periods one request may name (``period`` to ``to``).
-MAX_PERIODS = 366
+MAX_PERIODS = 62
+#: The years a period may lie in.
+YEARS = (1900, 2999)
 LABEL_PATTERN = r"^[0-9]{4}(-(Q[1-4]|W[0-9]{2}|[0-9]{2}(-[0-9]{2})?))?$"
 
 
@@ -48,6 +50,8 @@ def span_at(kind: str, moment: dt.datetime, zone: dt.tzinfo) -> Span:
 
 def parse(label: str, zone: dt.tzinfo, *, field: str = "period") -> Span:
     """The period a label names; a bad label is a 422 naming ``field``."""
+    if re.match(r"[0-9]{4}", label) and not YEARS[0] <= int(label[:4]) <= YEARS[1]:
+        raise ValidationError.one(field, f"must lie in the years {YEARS[0]} to {YEARS[1]}")
     try:
         if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", label):
             return span_at("day", calendar.start_of(dt.date.fromisoformat(label), zone), zone)
