@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from loyalty.analytics import advice, export, feedback, periods, service
 from loyalty.analytics.feedback import MAX_COMMENT, FeedbackCommand
+from loyalty.analytics.jobs import programme_at
 from loyalty.analytics.models import ALL, DECISIONS
 from loyalty.analytics.report import NPS_MINIMUM_ANSWERS
 from loyalty.api.base import bp, execute, int_arg, json_body, json_response, query_arg, requires, runtime
@@ -124,7 +125,7 @@ def get_feedback() -> Response:
     period = period_arg("period")
     assert period is not None
     rt = runtime()
-    span = periods.parse(period, rt.programme.zone)
+    span = periods.parse(period, programme_at(rt, rt.now()).zone)
     with transaction(rt.engine, readonly=True) as conn:
         result = feedback.listing(
             conn,
