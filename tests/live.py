@@ -127,7 +127,7 @@ def live_server(database_url: str, directory: Path) -> Iterator[LiveServer]:
             try:
                 if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a worker still booting on a loaded machine
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"gunicorn did not answer /health within 60 s:\n{server.log_tail()}")

@@ -14,7 +14,9 @@ from loyalty.errors import ValidationError
 MAX_PERIODS = 62
 #: The years a period may lie in.
 YEARS = (1900, 2999)
-LABEL_PATTERN = r"^[0-9]{4}(-(Q[1-4]|W[0-9]{2}|[0-9]{2}(-[0-9]{2})?))?$"
+LABEL_PATTERN = (
+    r"^(19|2[0-9])[0-9]{2}(-(Q[1-4]|W(0[1-9]|[1-4][0-9]|5[0-3])|(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?))?$"
+)
 
 
 @dataclass(frozen=True)
