@@ -11,11 +11,13 @@ import pytest
 import sqlalchemy as sa
 
 from loyalty.analytics import advice
+from loyalty.analytics.models import feedback
 from loyalty.audit import audit_log
 from loyalty.catalogue import service as catalogue
 from loyalty.db import transaction
+from loyalty.ledger.models import journal_entries, member_accounts, postings
 from loyalty.records.models import member_profiles, members
-from loyalty.redemption.models import redemptions
+from loyalty.redemption.models import redemption_refusals, redemptions
 from loyalty.runtime import Runtime
 from loyalty.tiers.models import tier_changes
 from tests.contract import ContractClient
@@ -160,3 +162,80 @@ def test_a_finding_is_accepted_then_dismissed_with_notes_and_audited(
     )
     bad = client.post(path, json={"decision": "maybe", "note": "x"})
     assert bad.status_code == 422 and bad.get_json()["field"] == "decision"
+
+
+def findings_of(report: dict[str, Any], tier: str, kind: str) -> list[dict[str, Any]]:
+    return [f for t in report["tiers"] if t["tier"] == tier for f in t["findings"] if f["kind"] == kind]
+
+
+def test_stock_outs_low_scores_and_hoarding_are_found_with_their_cost(runtime: Runtime, seed_history: None) -> None:
+    at = dt.datetime(2026, 6, 12, 4, tzinfo=dt.UTC)
+    with transaction(runtime.engine) as conn:
+        for i in range(6):  # six mass members turned away from the gym card, one unit each
+            conn.execute(
+                redemption_refusals.insert().values(
+                    member_id=f"m{50 + i:03d}",
+                    redemption_id=f"x{i}",
+                    benefit_code="gym-card-10-visits",
+                    quantity=1,
+                    reason="out_of_stock",
+                    refused_at=at,
+                )
+            )
+        for i in range(30):  # thirty mass answers about the gym card (150 CNY a unit): 20 detractors
+            conn.execute(
+                feedback.insert().values(
+                    member_id=f"m{i:03d}",
+                    feedback_id=f"f{i}",
+                    score=2 if i < 20 else 9,
+                    benefit_code="gym-card-10-visits",
+                    answered_at=at,
+                    received_at=at,
+                )
+            )
+        # A potential member earns 20,000 points in June and spends none.
+        conn.execute(member_accounts.insert().values(member_id="p050"))
+        entry = str(uuid.uuid4())
+        conn.execute(
+            journal_entries.insert().values(
+                member_id="p050",
+                id=entry,
+                seq=1,
+                kind="accrual",
+                source_ref="t",
+                points=20_000,
+                balance_after=20_000,
+                posted_at=at,
+            )
+        )
+        conn.execute(
+            postings.insert(),
+            [
+                {
+                    "member_id": "p050",
+                    "entry_id": entry,
+                    "line": 1,
+                    "account": "issued:bank",
+                    "amount": -20_000,
+                    "posted_at": at,
+                },
+                {
+                    "member_id": "p050",
+                    "entry_id": entry,
+                    "line": 2,
+                    "account": "member",
+                    "amount": 20_000,
+                    "posted_at": at,
+                },
+            ],
+        )
+    report = advice.advice(runtime, "2026-06")
+    [stock_out] = findings_of(report, "mass", "stock_out")
+    assert stock_out["benefit_code"] == "gym-card-10-visits"
+    assert stock_out["figures"]["stock_needed"] == 6 and stock_out["figures"]["redeemed_units"] == 40
+    assert stock_out["cost_impact_fen"] == 6 * 15_000 and stock_out["cost_impact_cny"] == "900.00"
+    [expensive] = findings_of(report, "mass", "expensive_low_score")
+    assert expensive["figures"]["nps"] == "-33.3" and expensive["cost_impact_fen"] == -40 * 15_000
+    [hoarding] = findings_of(report, "potential", "hoarding")
+    assert hoarding["figures"]["earned"] == 20_000 and hoarding["figures"]["burned"] == 0
+    assert hoarding["cost_impact_fen"] == 20_000  # at the default value of a point, 1 fen
