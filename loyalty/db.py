@@ -6,6 +6,7 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -111,6 +112,15 @@ def insert_ignore(conn: Connection, table: sa.Table) -> sa.Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
+
+
+def scratch(conn: Connection, name: str, *columns: sa.Column[Any]) -> sa.Table:
+    """An empty temporary table for this transaction's set-based work."""
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    kwargs: dict[str, Any] = {"postgresql_on_commit": "DROP"} if is_postgres(conn) else {}
+    table = sa.Table(name, sa.MetaData(), *columns, prefixes=["TEMPORARY"], **kwargs)
+    table.create(conn)
+    return table
 
 
 def is_postgres(conn: Connection | Engine) -> bool:

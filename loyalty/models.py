@@ -1,5 +1,6 @@
 """Imports every table so ``metadata`` is complete (for Alembic and tests)."""
 
+from loyalty.analytics.models import advice_decisions, benefit_rollups, feedback, tier_rollups
 from loyalty.audit import audit_log
 from loyalty.auth.models import admin_users, api_keys, sign_in_attempts
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
@@ -22,7 +23,7 @@ from loyalty.ledger.models import (
 from loyalty.members.models import adjustments
 from loyalty.programmes.models import programme_versions
 from loyalty.records.models import member_profiles, members, reversals, transactions
-from loyalty.redemption.models import redemptions
+from loyalty.redemption.models import redemption_refusals, redemptions
 from loyalty.tiers.models import lifecycle_changes, tier_changes
 
 __all__ = [
@@ -62,4 +63,9 @@ __all__ = [
     "adjustments",
     "daily_balances",
     "daily_balances_state",
+    "redemption_refusals",
+    "benefit_rollups",
+    "tier_rollups",
+    "feedback",
+    "advice_decisions",
 ]

@@ -26,6 +26,8 @@ MEMBER_SCOPED = {
     "lifecycle_changes",
     "redemptions",
     "adjustments",
+    "redemption_refusals",
+    "member_feedback",
 }
 #: Tables that are not member-scoped, and why.
 NOT_MEMBER_SCOPED = {
@@ -50,6 +52,9 @@ NOT_MEMBER_SCOPED = {
     "reconciliation_lines": "lines of a reconciliation, keyed by it; a line names our redemption's member",
     "daily_balances": "finance's roll-up of the postings across members, per day and account",
     "daily_balances_state": "one row: how far the daily balances go",
+    "analytics_benefit_rollups": "aggregates across members, keyed by period, tier and benefit",
+    "analytics_tier_rollups": "aggregates across members, keyed by period and tier",
+    "analytics_advice_decisions": "a benefits manager's decisions on advice, keyed by finding",
 }
 
 

@@ -150,4 +150,3 @@ def _buckets(key: str, data: dict[str, list[int]]) -> list[dict[str, Any]]:
 def _cny(points: int, point_value_fen: Decimal) -> str:
     """Points valued in CNY, to the fen, as a decimal string."""
     return str((Decimal(points) * point_value_fen / 100).quantize(Decimal("0.01")))
-

@@ -486,9 +486,7 @@ def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Program
     tiers.apply_stages(conn, m.member_id.in_(touched), programme=programme, as_of=now, now=now, source="event")
 
 
-def _move_balances(
-    conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime
-) -> dict[str, tuple[int, int, int]]:
+def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime) -> dict[str, tuple[int, int, int]]:
     """Add each member's points and entry count in one statement; returns
     ``member -> (balance, held, entry_seq)`` after. The rows are locked already."""
     ma = member_accounts.c

@@ -61,9 +61,7 @@ def simulate(
     return {
         "programme_version": programme.version,
         "event": event,
-        "facts": {
-            k: (iso(v) if isinstance(v, dt.datetime) else v) for k, v in shown.items()
-        },
+        "facts": {k: (iso(v) if isinstance(v, dt.datetime) else v) for k, v in shown.items()},
         "points": sum(a.points for a in awards),
         "awards": [award_json(a) for a in awards],
         "trace": [{"rule_id": s.rule_id, "matched": s.matched, "points": s.points, "note": s.note} for s in trace],

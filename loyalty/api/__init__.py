@@ -15,6 +15,7 @@ from werkzeug.routing import BaseConverter
 
 from loyalty.api import (  # noqa: F401  (registers the views)
     adjustments,
+    analytics,
     catalogue,
     events,
     finance,

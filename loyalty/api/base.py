@@ -43,6 +43,7 @@ def _no_nul_in_paths(endpoint: str | None, values: dict[str, Any] | None) -> Non
         if isinstance(value, str) and "\x00" in value:
             raise NotFound(f"no {name} with the NUL character (U+0000)", field=name)
 
+
 PROBLEM_JSON = "application/problem+json"
 
 

@@ -53,7 +53,6 @@ def get_statement(member_id: str) -> Response:
         return json_response(service.statement(conn, member_id, limit=limit, before_seq=cursor))
 
 
-
 @bp.get("/members/<member_id>/expiry-schedule")
 @requires("read")
 def get_expiry_schedule(member_id: str) -> Response:

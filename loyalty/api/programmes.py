@@ -164,7 +164,5 @@ def audit_entries() -> Response:
     limit = int_arg("limit", 50, 1, 500)
     rt = runtime()
     with transaction(rt.engine, readonly=True) as conn:
-        lines = audit.entries(
-            conn, object_type=query_arg("object_type"), object_id=query_arg("object_id"), limit=limit
-        )
+        lines = audit.entries(conn, object_type=query_arg("object_type"), object_id=query_arg("object_id"), limit=limit)
     return json_response({"entries": lines})

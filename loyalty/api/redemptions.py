@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from loyalty.api.base import bp, execute, json_body, json_response, requires, runtime
 from loyalty.db import transaction
+from loyalty.errors import LoyaltyError
 from loyalty.idempotency import Result
 from loyalty.redemption import service
 from loyalty.redemption.service import PHONE_NUMBER, RedemptionCommand
@@ -98,7 +99,14 @@ def post_redemption() -> Response:
         revealed.append(service.issued_codes(conn, rt.settings.secret_key, result.body))
         return result
 
-    return with_codes(execute(operation, body), revealed[0] if revealed else None)
+    try:
+        response = execute(operation, body)
+    except LoyaltyError as err:
+        # The refusal rolled the request back; what was turned away is kept on its own.
+        with transaction(rt.engine) as conn:
+            service.record_refusal(conn, cmd, err.code, now=rt.now())
+        raise
+    return with_codes(response, revealed[0] if revealed else None)
 
 
 @bp.get("/redemptions/<redemption_id>")

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from loyalty.db import UTCDateTime, metadata
 
-SCOPES = ("accrue", "redeem", "read", "finance", "admin", "profile", "support")
+SCOPES = ("accrue", "redeem", "read", "finance", "admin", "profile", "support", "feedback")
 
 api_keys = sa.Table(
     "api_keys",

@@ -94,5 +94,11 @@ JOBS: dict[str, Job] = {
             "loyalty.fulfilment.jobs:fulfil",
             {"trigger": "interval", "seconds": 2},
         ),
+        Job(
+            "analytics",
+            "daily benefit-usage roll-ups of every completed local day, week, month, quarter and year",
+            "loyalty.analytics.jobs:analytics",
+            {"trigger": "cron", "hour": 3},
+        ),
     ]
 }

@@ -209,9 +209,7 @@ def check_open(conn: Connection, posted_at: dt.datetime) -> None:
         _closed[database] = (time.monotonic(), spans)
     for period, starts_at, ends_at in spans:
         if starts_at <= posted_at < ends_at:
-            raise PeriodClosed(
-                f"{period} is closed: no entry may be posted on {posted_at.isoformat()}", period=period
-            )
+            raise PeriodClosed(f"{period} is closed: no entry may be posted on {posted_at.isoformat()}", period=period)
 
 
 def _write_entry(conn: Connection, **kwargs: Any) -> None:

@@ -27,7 +27,6 @@ class EnrolmentSchema(Base):
         return Enrolment(**data)
 
 
-
 ENROLMENT_SCHEMA = EnrolmentSchema()
 
 
@@ -37,7 +36,7 @@ MAX_PRODUCTS = 20
 EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
 
 
-def _no_identifying_numbers(value: str) -> None:
+def no_identifying_numbers(value: str) -> None:
     if re.search(r"\d{7}", value):
         raise MarshmallowError("must not hold a phone, account or ID number (seven or more digits in a row)")
 
@@ -47,7 +46,7 @@ PROFILE_TEXT = validate.And(
     validate.Length(min=1, max=64),
     validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="must not contain control characters"),
     validate.Regexp(r"\S", error="must not be blank"),
-    _no_identifying_numbers,
+    no_identifying_numbers,
 )
 
 

@@ -210,7 +210,6 @@ def version_view(conn: Connection, version: str, *, with_document: bool = True) 
     return _view(row, with_document)
 
 
-
 def _view(row: Any, with_document: bool) -> dict[str, Any]:
     view = {
         "version": row.version,

@@ -49,4 +49,24 @@ redemptions = sa.Table(
     sa.Index("ix_redemptions_member_id_benefit_code_created_at", "member_id", "benefit_code", "created_at"),
     #: a partner's deliveries in a period, for reconciliation with its statements
     sa.Index("ix_redemptions_partner_fulfilled_at", "partner", "fulfilled_at"),
+    #: the redemptions of a period, for analytics
+    sa.Index("ix_redemptions_created_at", "created_at"),
+)
+
+#: Why a refused redemption was refused: the reason codes kept, so turned-away demand can be counted.
+REFUSAL_REASONS = ("benefit_inactive", "not_eligible", "limit_reached", "out_of_stock", "insufficient_points")
+
+#: Redemptions refused (a refusal writes nothing else): one row per redemption id, the first refusal.
+redemption_refusals = sa.Table(
+    "redemption_refusals",
+    metadata,
+    sa.Column("member_id", sa.String(64), sa.ForeignKey("members.member_id"), primary_key=True),
+    sa.Column("redemption_id", sa.String(64), primary_key=True),
+    sa.Column("benefit_code", sa.String(64), sa.ForeignKey("benefits.code"), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("refused_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(sa.column("reason").in_(REFUSAL_REASONS), name="reason"),
+    sa.CheckConstraint("quantity > 0", name="quantity_positive"),
+    sa.Index("ix_redemption_refusals_refused_at", "refused_at"),
 )

@@ -14,7 +14,8 @@
    code from the pool or the bank's own booking at once; a partner later,
    through the fulfilment job.
 
-A refusal raises, so the transaction rolls back and nothing is written.
+A refusal raises, so the transaction rolls back and nothing is written; the API then keeps
+the refusal itself (:func:`record_refusal`), for the analytics of turned-away demand.
 
 Limits and entitlement quotas count the units of the member's ``pending`` and
 ``fulfilled`` redemptions of the benefit created in the current local day,
@@ -38,6 +39,7 @@ from loyalty.calendar import iso
 from loyalty.catalogue import codes
 from loyalty.catalogue.benefit import Benefit, Entitlement, all_benefits, benefit_from_row
 from loyalty.catalogue.models import PERIODS, benefits, voucher_codes
+from loyalty.db import insert_ignore
 from loyalty.errors import InsufficientPoints, MemberNotFound, UnknownMember, ValidationError
 from loyalty.idempotency import Result, claim_key, idempotency_keys, request_hash
 from loyalty.ledger import service as ledger
@@ -53,7 +55,7 @@ from loyalty.redemption.errors import (
     RedemptionNotFound,
     Refused,
 )
-from loyalty.redemption.models import redemptions
+from loyalty.redemption.models import REFUSAL_REASONS, redemption_refusals, redemptions
 
 #: The idempotency scope of redemption ids.
 SCOPE = "redemption"
@@ -325,6 +327,34 @@ def redeem(
     elif benefit.fulfilment == "bank":
         states.fulfilled(conn, cmd.member_id, cmd.redemption_id, reference=f"BANK-{cmd.redemption_id}", now=now)
     return Result(redemption_view(conn, cmd.member_id, cmd.redemption_id, now=now), created=True)
+
+
+def record_refusal(conn: Connection, cmd: RedemptionCommand, reason: str, *, now: dt.datetime) -> bool:
+    """Keep a refused redemption (in its own transaction: the refusal rolled the request back), so
+    turned-away demand can be counted; the first refusal of a redemption id is kept. Refusals of an
+    unknown member or benefit, and of reasons other than :data:`REFUSAL_REASONS`, are not kept.
+    Returns whether a row was written."""
+    if reason not in REFUSAL_REASONS:
+        return False
+    known = conn.execute(
+        sa.select(
+            sa.exists().where(members.c.member_id == cmd.member_id),
+            sa.exists().where(benefits.c.code == cmd.benefit_code),
+        )
+    ).one()
+    if not all(known):
+        return False
+    written = conn.execute(
+        insert_ignore(conn, redemption_refusals).values(
+            member_id=cmd.member_id,
+            redemption_id=cmd.redemption_id,
+            benefit_code=cmd.benefit_code,
+            quantity=cmd.quantity,
+            reason=reason,
+            refused_at=now,
+        )
+    )
+    return bool(written.rowcount)
 
 
 # ---- reading --------------------------------------------------------------------------------------------------

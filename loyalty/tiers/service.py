@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from loyalty import audit, calendar
 from loyalty.calendar import iso
 from loyalty.db import UTCDateTime, is_postgres
+from loyalty.db import scratch as scratch_table
 from loyalty.errors import MemberNotFound, ValidationError
 from loyalty.events.models import events
 from loyalty.events.service import emit, json_object
@@ -357,7 +358,6 @@ def end_override(conn: Connection, member_id: str, *, actor: str, now: dt.dateti
     )
 
 
-
 # ---- views ------------------------------------------------------------------------------------------------------
 
 
@@ -429,15 +429,6 @@ def history(conn: Connection, member_id: str, *, limit: int) -> dict[str, Any]:
 # ---- many members at once ---------------------------------------------------------------------------------------
 
 
-def _scratch(conn: Connection, name: str, *columns: sa.Column[Any]) -> sa.Table:
-    """An empty temporary table for this transaction's set-based work."""
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-    kwargs: dict[str, Any] = {"postgresql_on_commit": "DROP"} if is_postgres(conn) else {}
-    table = sa.Table(name, sa.MetaData(), *columns, prefixes=["TEMPORARY"], **kwargs)
-    table.create(conn)
-    return table
-
-
 def _uuid_sql(conn: Connection) -> sa.ColumnElement[str]:
     if is_postgres(conn):
         return sa.cast(sa.func.gen_random_uuid(), sa.String)
@@ -489,7 +480,7 @@ def apply_tiers(
         )
     decisions = sa.select(row.member_id, row.tier, tsql.code_of(ladder, new_rank).label("to_tier"), why.label("why"))
     decided = decisions.subquery("decided")
-    scratch = _scratch(
+    scratch = scratch_table(
         conn,
         "tier_decisions",
         sa.Column("member_id", sa.String(64), primary_key=True),
@@ -571,7 +562,7 @@ def apply_stages(
         (sa.and_(m.first_transaction_at <= b.maturity_before, m.tier.in_(lc.maturity_tiers)), "maturity"),
         else_="growth",
     )
-    scratch = _scratch(
+    scratch = scratch_table(
         conn,
         "stage_decisions",
         sa.Column("member_id", sa.String(64), primary_key=True),
