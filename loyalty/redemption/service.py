@@ -246,7 +246,7 @@ def _member(conn: Connection, member_id: str) -> Any:
 def _reserve_stock(conn: Connection, benefit: Benefit, quantity: int) -> int:
     """Take ``quantity`` units of a counted stock in one conditional UPDATE; returns the stock before.
     The last write of a redemption: the benefit's row stays locked only until the commit."""
-    left = conn.execute(RESERVE, {"code": benefit.code, "quantity": quantity}).scalar()
+    left = conn.execute(RESERVE, {"benefit": benefit.code, "units": quantity}).scalar()
     if left is None:
         raise OutOfStock(f"benefit {benefit.code!r} has fewer than {quantity} left", field="benefit_code")
     return int(left) + quantity
@@ -255,11 +255,11 @@ def _reserve_stock(conn: Connection, benefit: Benefit, quantity: int) -> int:
 RESERVE = (
     benefits.update()
     .where(
-        benefits.c.code == sa.bindparam("code"),
+        benefits.c.code == sa.bindparam("benefit"),
         benefits.c.stock.is_not(None),
-        benefits.c.stock >= sa.bindparam("quantity"),
+        benefits.c.stock >= sa.bindparam("units"),
     )
-    .values(stock=benefits.c.stock - sa.bindparam("quantity"))
+    .values(stock=benefits.c.stock - sa.bindparam("units"))
     .returning(benefits.c.stock)
 )
 
