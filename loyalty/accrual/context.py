@@ -146,8 +146,9 @@ _RULE_SEP, _FIELD_SEP = ";", ":"
 
 @functools.lru_cache(maxsize=32)
 def _booking_query(ladder: Ladder, with_usage: bool) -> sa.Select[Any]:
-    """:data:`MEMBER_FACTS`, locked, with the cap usage (as text) and the tier metrics beside it: the
-    one read of an accrual. The tier metrics are skipped by the database itself (a ``CASE``) for a
+    """:data:`MEMBER_FACTS` with the cap usage (as text) and the tier metrics beside it: the one read
+    of an accrual, made once the member is locked (by the claim of the transaction id: a statement
+    that waited for the lock itself would read with the snapshot it started with). The tier metrics are skipped by the database itself (a ``CASE``) for a
     member whose tier no transaction can move. Built once per ladder, so it keeps its cache key."""
     m = members.c
     skip_tier = sa.or_(
@@ -162,7 +163,7 @@ def _booking_query(ladder: Ladder, with_usage: bool) -> sa.Select[Any]:
         columns.append(sa.select(sa.func.aggregate_strings(line, _RULE_SEP)).scalar_subquery().label("usage"))
     else:
         columns.append(sa.null().label("usage"))
-    return MEMBER_FACTS.add_columns(*columns).with_for_update(of=[member_accounts, members], key_share=True)
+    return MEMBER_FACTS.add_columns(*columns)
 
 
 def read_for_booking(
@@ -175,8 +176,8 @@ def read_for_booking(
     current: Programme,
     now: dt.datetime,
 ) -> Booking:
-    """Lock the member and read, in one statement, what booking a transaction of ``txn_type`` at
-    ``moment`` under ``programme`` needs: the facts for the rules, the cap usage, the tier and
+    """Read, in one statement, what booking a transaction of ``txn_type`` at ``moment`` under
+    ``programme`` needs, once the caller holds the member's lock: the facts for the rules, the cap usage, the tier and
     lifecycle state, and the tier metrics under ``current`` (the programme in force ``now``).
     Raises :class:`UnknownMember`."""
     zone = programme.zone

@@ -81,8 +81,8 @@ def record_transaction(
     backtests) and counts as activity.
     """
     facts = cmd.facts()
-    # The key first: a replay (or a refused reuse) is answered from its record, before the member is
-    # locked. The entry id is made now and stored with the key; a transaction that turns out to earn
+    # The key first, with the member's lock: a replay (or a refused reuse) is answered from its record.
+    # The entry id is made now and stored with the key; a transaction that turns out to earn
     # nothing clears it again (rare: a purchase below the first point, a type no rule rewards).
     entry_id = ledger.new_id()
     existing = claim_key(
@@ -94,6 +94,7 @@ def record_transaction(
         member_id=cmd.member_id,
         now=now,
         entry_id=entry_id,
+        lock_member=True,
     )
     if existing is not None:
         return Result(transaction_body(conn, existing.member_id, cmd.transaction_id), replayed=True)

@@ -2,10 +2,10 @@
 
 :func:`redeem` does everything in the caller's one transaction, in this order:
 
-1. one statement locks the member's rows (as bookings lock them) and reads the
-   member's tier and points, the benefit and the member's usage of it; then the
-   redemption id is claimed (``idempotency_keys``, scope ``redemption``): a
-   retry with the same body replays, a different body is a 409;
+1. one statement claims the redemption id (``idempotency_keys``, scope
+   ``redemption``) and locks the member's rows as bookings lock them: a retry
+   with the same body replays, a different body is a 409; then one statement
+   reads the member's tier and points, the benefit and the member's usage of it;
 2. refuse what cannot be had, each with its own problem type:
    ``benefit_not_found``, a missing or unwanted ``delivery`` field,
    ``benefit_inactive``, ``not_eligible``, ``limit_reached``, ``out_of_stock``,
@@ -265,8 +265,9 @@ RESERVE = (
 
 
 def _redeem_query() -> sa.Select[Any]:
-    """Everything a redemption decides on, in one statement that locks the member's rows (as
-    bookings lock them, ``FOR NO KEY UPDATE``): the member's tier and available points, the
+    """Everything a redemption decides on, in one statement made once the claim of the redemption
+    id has locked the member's rows (:func:`loyalty.idempotency.claim_key`): the member's tier and
+    available points, the
     benefit (``NULL`` columns if there is none), and the member's live units of it in the current
     day, month and year (``<period>0`` to ``<period>1``, within ``since`` to ``until``)."""
     m, a, r, b = members.c, member_accounts.c, redemptions.c, benefits.c
@@ -298,7 +299,6 @@ def _redeem_query() -> sa.Select[Any]:
             .join(used, sa.true())
         )
         .where(a.member_id == sa.bindparam("member_id"))
-        .with_for_update(of=[member_accounts, members], key_share=True)
     )
 
 
@@ -331,16 +331,23 @@ def redeem(
         params[f"{p}0"], params[f"{p}1"] = start, end
     params["since"] = min(start for start, _ in bounds.values())
     params["until"] = max(end for _, end in bounds.values())
-    row = conn.execute(REDEEM_READ, params).first()
-    if row is None:
-        raise UnknownMember(f"member {cmd.member_id!r} is not enrolled", field="member_id")
     digest = request_hash(asdict(cmd))
     existing = claim_key(
-        conn, SCOPE, cmd.redemption_id, digest, field="redemption_id", member_id=cmd.member_id, now=now
+        conn,
+        SCOPE,
+        cmd.redemption_id,
+        digest,
+        field="redemption_id",
+        member_id=cmd.member_id,
+        now=now,
+        lock_member=True,
     )
     if existing is not None:
         view = redemption_view(conn, existing.member_id, cmd.redemption_id, now=now)
         return Redeemed(Result(view, replayed=True), issued_codes(conn, secret_key, view))
+    row = conn.execute(REDEEM_READ, params).first()
+    if row is None:
+        raise UnknownMember(f"member {cmd.member_id!r} is not enrolled", field="member_id")
     if row.code is None:
         raise UnknownBenefit(f"no benefit {cmd.benefit_code!r}", field="benefit_code")
     benefit = benefit_from_row(row)
