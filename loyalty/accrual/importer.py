@@ -14,7 +14,9 @@ import csv
 import datetime as dt
 import io
 import json
+import queue
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -129,9 +131,9 @@ def import_file(
         bar = click.progressbar(length=total, label="importing", file=None if progress else io.StringIO())
         with bar:
             states: dict[str, _MemberState] = {}
-            for chunk in chunks(reader, chunk_size):
-                _import_chunk(rt, chunk, summary, rejects, states)
-                bar.update(len(chunk))
+            for parsed in _parsed_ahead(rt, chunks(reader, chunk_size)):
+                _import_chunk(rt, parsed, summary, rejects, states)
+                bar.update(parsed.size)
     if summary.rejected == 0:
         rejects_path.unlink()
     return summary
@@ -168,30 +170,94 @@ class _MemberState(MemberHistory):
         self.version: tuple[int, Any] = (-1, None)
 
 
-def _import_chunk(
-    rt: Runtime,
-    chunk: list[tuple[int, dict[str, str]]],
-    summary: Summary,
-    rejects: Any,
-    states: dict[str, _MemberState],
-) -> None:
-    now = rt.now()
-    rows: dict[str, _Row] = {}
+@dataclass
+class _Parsed:
+    """A chunk once parsed: its rows by transaction id, and what parsing refused or found repeated."""
+
+    size: int
+    now: dt.datetime
+    rows: dict[str, _Row] = field(default_factory=dict)
+    #: (line, row, reason) of rows refused, in file order
+    refused: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
+    #: rows repeated in the chunk with the same fields
+    repeated: int = 0
+
+
+def _parse_chunk(chunk: list[tuple[int, dict[str, str]]], now: dt.datetime) -> _Parsed:
+    """Validate and digest a chunk's rows: the Python work that needs no database."""
+    parsed = _Parsed(len(chunk), now)
+    rows = parsed.rows
     for line, raw in chunk:
         try:
             cmd = parse_row(raw, now)
         except LoyaltyError as exc:
-            _reject(rejects, summary, line, raw, exc.detail)
+            parsed.refused.append((line, raw, exc.detail))
             continue
         digest = request_hash(cmd.facts())
         seen = rows.get(cmd.transaction_id)
         if seen is not None:
             if seen.digest == digest:
-                summary.replayed += 1
+                parsed.repeated += 1
             else:
-                _reject(rejects, summary, line, raw, "transaction_id repeated in the file with different fields")
+                parsed.refused.append((line, raw, "transaction_id repeated in the file with different fields"))
             continue
         rows[cmd.transaction_id] = _Row(line, raw, cmd, digest)
+    return parsed
+
+
+_DONE = object()
+
+
+def _parsed_ahead(rt: Runtime, source: Iterator[list[tuple[int, dict[str, str]]]]) -> Iterator[_Parsed]:
+    """The chunks of ``source``, parsed one chunk ahead in a thread of their own: the next chunk
+    is read and validated while this one's statements run in the database (which releases the
+    interpreter while it waits), so the two overlap."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in source:
+                item = _parse_chunk(chunk, rt.now())
+                while not stop.is_set():
+                    try:
+                        ahead.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ahead.put(exc)
+
+    worker = threading.Thread(target=produce, name="import-parser", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _import_chunk(
+    rt: Runtime,
+    parsed: _Parsed,
+    summary: Summary,
+    rejects: Any,
+    states: dict[str, _MemberState],
+) -> None:
+    now = parsed.now
+    for line, raw, reason in parsed.refused:
+        _reject(rejects, summary, line, raw, reason)
+    summary.replayed += parsed.repeated
+    rows = parsed.rows
     if not rows:
         return
     with transaction(rt.engine) as conn:
