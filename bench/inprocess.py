@@ -41,20 +41,20 @@ from typing import Any
 # bench/ holds a rules.py of its own: the rules engine must come from the repository root.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
+import sqlalchemy as sa  # noqa: E402
+from sqlalchemy import event  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
-import loyalty.models  # noqa: F401  (fills the metadata)
-from loyalty.app import create_app
-from loyalty.auth.models import SCOPES
-from loyalty.auth.service import create_key
-from loyalty.catalogue import service as catalogue
-from loyalty.config import Settings
-from loyalty.db import make_engine, transaction
-from loyalty.migrate import upgrade
-from loyalty.programmes.service import ProgrammeStore, installed
-from loyalty.runtime import Runtime
+import loyalty.models  # noqa: E402, F401  (fills the metadata)
+from loyalty.app import create_app  # noqa: E402
+from loyalty.auth.models import SCOPES  # noqa: E402
+from loyalty.auth.service import create_key  # noqa: E402
+from loyalty.catalogue import service as catalogue  # noqa: E402
+from loyalty.config import Settings  # noqa: E402
+from loyalty.db import make_engine, transaction  # noqa: E402
+from loyalty.migrate import upgrade  # noqa: E402
+from loyalty.programmes.service import ProgrammeStore, installed  # noqa: E402
+from loyalty.runtime import Runtime  # noqa: E402
 
 DEFAULT_PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 VOUCHER = "bench-voucher-10"
@@ -122,7 +122,9 @@ class Bench:
         start = dt.datetime.now(dt.UTC)
         installed(engine, start)
         self.settings = Settings(database_url=url, api_key_cache_seconds=3600, secret_key=secrets.token_urlsafe(32))
-        self.rt = Runtime(settings=self.settings, engine=engine, programmes=ProgrammeStore(engine, dt_now), clock=dt_now)
+        self.rt = Runtime(
+            settings=self.settings, engine=engine, programmes=ProgrammeStore(engine, dt_now), clock=dt_now
+        )
         tiers = self.rt.programme.ladder.codes
         with transaction(engine) as conn:
             self.key = create_key(conn, name="bench", scopes=frozenset(SCOPES), now=start)
@@ -255,9 +257,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
 
         figures.append(b.measure("redemption, pool voucher", [redeem() for _ in range(n + 1)]))
         figures.append(
-            b.measure(
-                "redemption, with Idempotency-Key", [redeem(f"K{uuid.uuid4().hex}") for _ in range(n + 1)]
-            )
+            b.measure("redemption, with Idempotency-Key", [redeem(f"K{uuid.uuid4().hex}") for _ in range(n + 1)])
         )
         b.rt.engine.dispose()
         return figures
@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     figures = run(args)
-    print(f"{'request':<34} {'n':>5} {'statements':>10} {'round trips':>11} {'python ms':>9} {'postgres ms':>11} {'wall ms':>8}")
+    head = ("n", "statements", "round trips", "python ms", "postgres ms", "wall ms")
+    widths = (5, 10, 11, 9, 11, 8)
+    print(f"{'request':<34} " + " ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for f in figures:
         pg = "-" if f.postgres_ms is None else f"{f.postgres_ms:.2f}"
         print(

@@ -201,7 +201,8 @@ def test_a_bank_benefit_is_redeemed_at_the_tier_price_and_settled_at_once(client
     assert available_held(client) == (100, 0)
     # Not cancellable: spent at once, in one entry from the member to the benefit's own redeemed account.
     assert rows(runtime, sa.select(holds.c.id)) == []
-    assert rows(runtime, sa.select(journal_entries.c.kind).where(journal_entries.c.source_ref == "r1")) == [("capture",)]
+    kinds = sa.select(journal_entries.c.kind).where(journal_entries.c.source_ref == "r1")
+    assert rows(runtime, kinds) == [("capture",)]
     assert rows(runtime, sa.select(postings.c.amount).where(postings.c.account == "redeemed:b1")) == [(400,)]
     assert client.get("/v1/redemptions/r1").get_json() == body
 

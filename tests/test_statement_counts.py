@@ -33,10 +33,13 @@ HARNESS = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT", "BEGIN", "
 KEY_LOOKUP = "FROM api_keys"
 
 #: statements per request, the same on both backends
-ACCRUAL_STEADY = 9  # claim, locked read, balance, entry, postings, lot, transaction, event, member's dates
+#: claim with the member's lock, read, balance, entry, postings, lot, transaction, event, member's dates
+ACCRUAL_STEADY = 9
 ACCRUAL_FIRST = 11  # ... and the lifecycle change with its event
 ACCRUAL_REPLAY = 3  # claim, the key's record, the transaction with its lots
-REDEMPTION_POOL = 11  # locked read, claim, balance, entry, postings, lots, lots lowered, consumptions, redemption, codes, event
+#: claim with the member's lock, read, balance, entry, postings, lots, lots lowered, consumptions,
+#: redemption, codes, event
+REDEMPTION_POOL = 11
 REDEMPTION_WITH_KEY = REDEMPTION_POOL + 2  # the Idempotency-Key claimed, and its answer stored
 
 

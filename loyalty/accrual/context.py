@@ -148,8 +148,9 @@ _RULE_SEP, _FIELD_SEP = ";", ":"
 def _booking_query(ladder: Ladder, with_usage: bool) -> sa.Select[Any]:
     """:data:`MEMBER_FACTS` with the cap usage (as text) and the tier metrics beside it: the one read
     of an accrual, made once the member is locked (by the claim of the transaction id: a statement
-    that waited for the lock itself would read with the snapshot it started with). The tier metrics are skipped by the database itself (a ``CASE``) for a
-    member whose tier no transaction can move. Built once per ladder, so it keeps its cache key."""
+    that waited for the lock itself would read with the snapshot it started with). The tier metrics
+    are skipped by the database itself (a ``CASE``) for a member whose tier no transaction can move.
+    Built once per ladder, so it keeps its cache key."""
     m = members.c
     skip_tier = sa.or_(
         sa.and_(m.override_tier.is_not(None), m.override_until > sa.bindparam("now", type_=m.override_until.type)),

@@ -84,7 +84,7 @@ def record_transaction(
     # The key first, with the member's lock: a replay (or a refused reuse) is answered from its record.
     # The entry id is made now and stored with the key; a transaction that turns out to earn
     # nothing clears it again (rare: a purchase below the first point, a type no rule rewards).
-    entry_id = ledger.new_id()
+    entry_id: str | None = ledger.new_id()
     existing = claim_key(
         conn,
         "transaction",
@@ -235,7 +235,9 @@ def transaction_body(conn: Connection, member_id: str, transaction_id: str) -> d
         raise sa.exc.NoResultFound(f"no transaction {transaction_id!r} for member {member_id!r}")
     row = rows[0]
     awards = [
-        Award(r.rule_id, int(r.original), r.funding_source, r.qualifying, r.reason) for r in rows if r.rule_id is not None
+        Award(r.rule_id, int(r.original), r.funding_source, r.qualifying, r.reason)
+        for r in rows
+        if r.rule_id is not None
     ]
     return _transaction_json(row, int(row.points), row.entry_id, int(row.balance_after), row.programme_version, awards)
 

@@ -132,7 +132,9 @@ class TierInputs:
             row.birth_date,
         )
 
-    def after(self, ladder: Ladder, *, occurred_at: dt.datetime, channel: str | None, qualifying: int) -> dict[str, Any]:
+    def after(
+        self, ladder: Ladder, *, occurred_at: dt.datetime, channel: str | None, qualifying: int
+    ) -> dict[str, Any]:
         """The metrics once a transaction at ``occurred_at`` through ``channel`` that earned ``qualifying``
         qualifying points is booked: what :func:`metrics` would read then, as its windows count it."""
         w = self.window
