@@ -1,7 +1,8 @@
 """The member's side of a rule evaluation: who they are and what they have done.
 
-Read under the member's row lock, so that two transactions of one member
-racing each other still see each other's counts and cap usage.
+A booking reads it once it holds the member's row lock (:func:`read_for_booking`), so
+that two transactions of one member racing each other still see each other's counts
+and cap usage.
 """
 
 from __future__ import annotations
@@ -84,29 +85,21 @@ def _member_query() -> sa.Select[Any]:
 
 
 MEMBER_FACTS = _member_query()
-#: Locks the member's account and member rows: the member row carries the tier and stage
-#: a concurrent review or lifecycle run may be changing. ``FOR NO KEY UPDATE``, the lock an
-#: ordinary UPDATE takes: it still lets other transactions insert rows that reference the
-#: member (their foreign-key checks take KEY SHARE), so a refund holding the account never
-#: waits on it.
-MEMBER_FACTS_LOCKED = MEMBER_FACTS.with_for_update(of=[member_accounts, members], key_share=True)
 
 
-def lock_and_read(
+def read_facts(
     conn: Connection,
     member_id: str,
     *,
     txn_type: str,
     moment: dt.datetime,
     programme: Programme,
-    lock: bool = True,
 ) -> tuple[dict[str, Any], MemberState]:
-    """Lock the member's account (unless ``lock`` is false) and gather the facts
-    rules may test about a transaction of ``txn_type`` at ``moment``, and the
-    member's tier and lifecycle state. Raises :class:`UnknownMember`."""
+    """The facts rules may test about a transaction of ``txn_type`` at ``moment``, and the
+    member's tier and lifecycle state, without a lock (a simulation). Raises :class:`UnknownMember`."""
     month0, month1 = calendar.month(moment, programme.zone)
     params = {"member_id": member_id, "txn_type": txn_type, "moment": moment, "month0": month0, "month1": month1}
-    row = conn.execute(MEMBER_FACTS_LOCKED if lock else MEMBER_FACTS, params).first()
+    row = conn.execute(MEMBER_FACTS, params).first()
     if row is None:
         raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
     return _facts_of(row, moment, programme), state_of(row)
@@ -269,7 +262,7 @@ TRANSACTION_FACTS = ("type", "amount", "currency", "occurred_at", "channel", "mc
 
 class MemberHistory:
     """One member's facts kept in memory while many of their transactions pass
-    (the importer, the backtest): the same facts :func:`lock_and_read` and
+    (the importer, the backtest): the same facts :func:`read_for_booking` and
     :func:`usage` read from the database for one transaction."""
 
     def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime, tier: str, products: str | None = None) -> None:
