@@ -402,21 +402,13 @@ def _claim(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> set[str]
         for r in rows
     ]
     if is_postgres(conn):
-        from psycopg2.extras import execute_values
-
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            claimed = execute_values(
-                cursor,
-                "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
-                "VALUES %s ON CONFLICT DO NOTHING RETURNING key",
-                [tuple(p.values()) for p in params],
-                template="(%s, %s, %s, %s, %s::uuid, %s::timestamptz)",
-                page_size=len(params),
-                fetch=True,
-            )
-        finally:
-            cursor.close()
+        claimed = _execute_values(
+            conn,
+            "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
+            "VALUES %s ON CONFLICT DO NOTHING RETURNING key",
+            [tuple(p.values()) for p in params],
+            "(%s, %s, %s, %s, %s::uuid, %s::timestamptz)",
+        )
         return {key for (key,) in claimed}
     # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs.
     stmt = insert_ignore(conn, idempotency_keys).returning(idempotency_keys.c.key)
@@ -528,6 +520,39 @@ def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Program
         span = spans.setdefault(r.cmd.member_id, [r.cmd.occurred_at, r.cmd.occurred_at])
         span[0], span[1] = min(span[0], r.cmd.occurred_at), max(span[1], r.cmd.occurred_at)
     m = members.c
+    if is_postgres(conn):
+        # One statement for the chunk: an executemany of UPDATEs is a round trip per member.
+        _execute_values(
+            conn,
+            "UPDATE members AS m SET first_transaction_at = CASE WHEN m.first_transaction_at IS NULL"
+            " OR m.first_transaction_at > v.lo THEN v.lo ELSE m.first_transaction_at END,"
+            " last_transaction_at = CASE WHEN m.last_transaction_at IS NULL OR m.last_transaction_at < v.hi"
+            " THEN v.hi ELSE m.last_transaction_at END"
+            " FROM (VALUES %s) AS v(member_id, lo, hi) WHERE m.member_id = v.member_id",
+            [(member_id, lo, hi) for member_id, (lo, hi) in spans.items()],
+            "(%s, %s::timestamptz, %s::timestamptz)",
+        )
+    else:
+        _update_spans(conn, spans)
+    touched = sorted(spans)
+    tiers.reassess_members(conn, touched, programme=programme, now=now)
+    tiers.apply_stages(conn, m.member_id.in_(touched), programme=programme, as_of=now, now=now, source="event")
+
+
+def _execute_values(conn: Connection, sql: str, values: list[tuple[Any, ...]], template: str) -> list[Any]:
+    """PostgreSQL: ``sql`` with ``VALUES %s`` filled with every tuple of ``values``, in one round trip."""
+    from psycopg2.extras import execute_values
+
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        fetch = "RETURNING" in sql
+        return execute_values(cursor, sql, values, template=template, page_size=len(values), fetch=fetch) or []
+    finally:
+        cursor.close()
+
+
+def _update_spans(conn: Connection, spans: dict[str, list[dt.datetime]]) -> None:
+    m = members.c
     first, last = (
         sa.bindparam("first", type_=m.first_transaction_at.type),
         sa.bindparam("last", type_=m.last_transaction_at.type),
@@ -547,9 +572,6 @@ def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Program
         ),
         [{"m": member_id, "first": lo, "last": hi} for member_id, (lo, hi) in spans.items()],
     )
-    touched = sorted(spans)
-    tiers.reassess_members(conn, touched, programme=programme, now=now)
-    tiers.apply_stages(conn, m.member_id.in_(touched), programme=programme, as_of=now, now=now, source="event")
 
 
 def _move_balances(
@@ -559,22 +581,14 @@ def _move_balances(
     ``member -> (balance, held, entry_seq)`` after. The rows are locked already."""
     ma = member_accounts.c
     if is_postgres(conn):
-        from psycopg2.extras import execute_values
-
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            rows = execute_values(
-                cursor,
-                "UPDATE member_accounts AS a SET balance = a.balance + v.delta, entry_seq = a.entry_seq + v.n, "
-                "last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, at) "
-                "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.held, a.entry_seq",
-                [(d["m"], d["delta"], d["n"], now) for d in deltas],
-                template="(%s, %s::bigint, %s::integer, %s::timestamptz)",
-                page_size=len(deltas),
-                fetch=True,
-            )
-        finally:
-            cursor.close()
+        rows = _execute_values(
+            conn,
+            "UPDATE member_accounts AS a SET balance = a.balance + v.delta, entry_seq = a.entry_seq + v.n, "
+            "last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, at) "
+            "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.held, a.entry_seq",
+            [(d["m"], d["delta"], d["n"], now) for d in deltas],
+            "(%s, %s::bigint, %s::integer, %s::timestamptz)",
+        )
         return {m: (int(balance), int(held), int(seq)) for m, balance, held, seq in rows}
     conn.execute(
         sa.update(member_accounts)
