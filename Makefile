@@ -55,6 +55,7 @@ bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/backtest.py
 	PYTHONPATH=. $(BIN)/python bench/tier_review.py
 	$(BIN)/python bench/accrual.py
+	PYTHONPATH=. $(BIN)/python bench/inprocess.py
 	PYTHONPATH=. $(BIN)/python bench/redemption.py
 
 clean: ## remove the virtualenv and the local database
