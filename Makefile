@@ -56,6 +56,7 @@ bench: $(STAMP) ## run the benchmarks on PostgreSQL (see bench/README.md)
 	PYTHONPATH=. $(BIN)/python bench/backtest.py
 	PYTHONPATH=. $(BIN)/python bench/tier_review.py
 	$(BIN)/python bench/accrual.py
+	PYTHONPATH=. $(BIN)/python bench/inprocess.py
 	PYTHONPATH=. $(BIN)/python bench/redemption.py
 	PYTHONPATH=. $(BIN)/python bench/finance.py
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import ConnectionPoolEntry as PoolConnectionRecord
 
 #: Constraint names are derived, so migrations and the models agree on them.
 NAMING_CONVENTION = {
@@ -95,8 +97,42 @@ def make_engine(url: str, **kwargs: object) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)  # type: ignore[arg-type]
+    # A dead connection is found without a round trip on every checkout (``pool_pre_ping``): the
+    # kernel's keepalives close one whose server or network went away, and a connection that sat
+    # idle in the pool for IDLE_PING_SECONDS is pinged before it is handed out (ping_if_idle).
+    # A connection that fails anyway invalidates the whole pool (SQLAlchemy's disconnect handling).
+    connect_args = dict(KEEPALIVES)
+    connect_args.update(kwargs.pop("connect_args", None) or {})  # type: ignore[call-overload]
+    engine = sa.create_engine(url, connect_args=connect_args, **kwargs)  # type: ignore[arg-type]
+    if not kwargs.get("pool_pre_ping"):
+        event.listen(engine, "checkin", _checked_in)
+        event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+#: libpq's TCP keepalives: a connection whose peer is gone errors within about a minute.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+#: A pooled connection idle longer than this is pinged before use: a server restart, a proxy or
+#: firewall timeout may have closed it meanwhile. A busy pool never waits this long, so never pings.
+IDLE_PING_SECONDS = 10.0
+
+
+def _checked_in(dbapi_conn: object, record: PoolConnectionRecord) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: object, record: PoolConnectionRecord, proxy: object) -> None:
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        return
+    try:
+        cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:  # any failure: the pool discards it and connects afresh
+        raise sa.exc.DisconnectionError(f"an idle pooled connection is dead: {exc}") from exc
 
 
 @contextmanager

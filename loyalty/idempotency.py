@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty.db import UTCDateTime, insert_ignore, metadata
-from loyalty.errors import IdempotencyConflict
+from loyalty.errors import IdempotencyConflict, UnknownMember
 
 #: One row per key that may post at most once. ``scope`` is ``transaction``
 #: (key = transaction id), ``reversal`` (key = reversal id) or
@@ -75,6 +75,23 @@ CLAIM = sa.text(
 )
 
 
+#: PostgreSQL: the claim that also locks the member's rows, as bookings lock them (``FOR NO KEY
+#: UPDATE``), in the same round trip. The lock is taken before the member's state is read, by a
+#: statement of its own: a statement that waited for the lock would read with the snapshot it
+#: started with, missing what the transaction it waited for wrote. Nothing is claimed for a member
+#: that is not enrolled. (SQLite runs one writer at a time: its transactions need no row lock.)
+CLAIM_LOCKING = sa.text(
+    "WITH member AS (SELECT a.member_id FROM member_accounts a JOIN members m ON m.member_id = a.member_id"
+    " WHERE a.member_id = :member_id FOR NO KEY UPDATE OF a, m) "
+    "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
+    "SELECT :scope, :key, :request_hash, member.member_id, :entry_id, :created_at FROM member "
+    "ON CONFLICT DO NOTHING RETURNING key"
+).bindparams(
+    sa.bindparam("entry_id", type_=idempotency_keys.c.entry_id.type),
+    sa.bindparam("created_at", type_=idempotency_keys.c.created_at.type),
+)
+
+
 def claim_key(
     conn: Connection,
     scope: str,
@@ -85,10 +102,14 @@ def claim_key(
     member_id: str | None,
     now: dt.datetime,
     entry_id: str | None = None,
+    lock_member: bool = False,
 ) -> sa.Row[Any] | None:
     """Claim ``(scope, key)``. Returns ``None`` if this call claimed it, else the
     existing record; raises :class:`IdempotencyConflict`, naming ``field`` (where
-    the key came from), if that record was made for a different request."""
+    the key came from), if that record was made for a different request.
+
+    With ``lock_member`` the claim also locks ``member_id``'s rows (:data:`CLAIM_LOCKING`)
+    and raises :class:`UnknownMember` if the member is not enrolled and the key is free."""
     params = {
         "scope": scope,
         "key": key,
@@ -97,10 +118,13 @@ def claim_key(
         "entry_id": entry_id,
         "created_at": now,
     }
-    claimed = conn.execute(CLAIM, params).first()
+    locking = lock_member and conn.dialect.name == "postgresql"
+    claimed = conn.execute(CLAIM_LOCKING if locking else CLAIM, params).first()
     if claimed is not None:
         return None
     existing = find(conn, scope, key)
+    if existing is None and locking:
+        raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
     assert existing is not None  # the insert found it, and nothing deletes keys
     check_same(existing, digest, f"{scope} {key!r}", field=field)
     return existing

@@ -231,16 +231,13 @@ def test_a_booking_counts_transactions_in_the_local_month_and_days_since_by_loca
         cmd = TransactionCommand("t1", "m1", "card_purchase", 10_000, "CNY", late_january)
         accrual.record_transaction(conn, cmd, programme=programme, now=clock.now)
     with transaction(runtime.engine, readonly=True) as conn:
-        facts, _ = context.lock_and_read(
-            conn, "m1", txn_type="transfer", moment=early_february, programme=programme, lock=False
-        )
-        january, _ = context.lock_and_read(
+        facts, _ = context.read_facts(conn, "m1", txn_type="transfer", moment=early_february, programme=programme)
+        january, _ = context.read_facts(
             conn,
             "m1",
             txn_type="transfer",
             moment=late_january + dt.timedelta(minutes=20),
             programme=programme,
-            lock=False,
         )
     assert (facts["transactions_this_month"], facts["days_since_last_transaction"]) == (1, 1)
     assert (january["transactions_this_month"], january["days_since_last_transaction"]) == (2, 0)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from loyalty.app import create_app
 from loyalty.catalogue import codes
-from loyalty.catalogue.models import benefits, voucher_codes
+from loyalty.catalogue.models import STOCK, benefits, voucher_codes
 from loyalty.config import Settings
 from loyalty.db import make_engine, transaction
 from loyalty.events.models import events
@@ -148,7 +148,8 @@ def lots(rt: Runtime, member_id: str = "m1") -> dict[str, int]:
 
 
 def stock(rt: Runtime, code: str = "b1") -> int | None:
-    return rows(rt, sa.select(benefits.c.stock).where(benefits.c.code == code))[0][0]
+    """The stock as the catalogue shows it (a pool's is its available codes)."""
+    return rows(rt, sa.select(STOCK).where(benefits.c.code == code))[0][0]
 
 
 def snapshot(rt: Runtime) -> dict[str, list[tuple]]:
@@ -198,8 +199,10 @@ def test_a_bank_benefit_is_redeemed_at_the_tier_price_and_settled_at_once(client
     assert body["voucher_codes"] == []
     assert body["fulfilled_at"] == START.isoformat().replace("+00:00", "Z")
     assert available_held(client) == (100, 0)
-    # Held, then captured to the benefit's own redeemed account.
-    assert rows(runtime, sa.select(holds.c.id, holds.c.points, holds.c.status)) == [("r1", 400, "captured")]
+    # Not cancellable: spent at once, in one entry from the member to the benefit's own redeemed account.
+    assert rows(runtime, sa.select(holds.c.id)) == []
+    kinds = sa.select(journal_entries.c.kind).where(journal_entries.c.source_ref == "r1")
+    assert rows(runtime, kinds) == [("capture",)]
     assert rows(runtime, sa.select(postings.c.amount).where(postings.c.account == "redeemed:b1")) == [(400,)]
     assert client.get("/v1/redemptions/r1").get_json() == body
 

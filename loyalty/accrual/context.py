@@ -1,13 +1,16 @@
 """The member's side of a rule evaluation: who they are and what they have done.
 
-Read under the member's row lock, so that two transactions of one member
-racing each other still see each other's counts and cap usage.
+A booking reads it once it holds the member's row lock (:func:`read_for_booking`), so
+that two transactions of one member racing each other still see each other's counts
+and cap usage.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,8 +20,11 @@ from loyalty import calendar
 from loyalty.errors import UnknownMember
 from loyalty.ledger.models import member_accounts, point_lots
 from loyalty.records.models import member_profiles, members, transactions
-from loyalty.tiers.service import STATE_COLUMNS, MemberState, state_of
+from loyalty.tiers.service import STATE_COLUMNS, MemberState, TierInputs, state_of
+from loyalty.tiers.sql import Window, tier_parts
 from rules import Award, Programme, Usage
+from rules.evaluate import compiled
+from rules.tiers import Ladder
 
 
 def member_facts(
@@ -79,31 +85,27 @@ def _member_query() -> sa.Select[Any]:
 
 
 MEMBER_FACTS = _member_query()
-#: Locks the member's account and member rows: the member row carries the tier and stage
-#: a concurrent review or lifecycle run may be changing. ``FOR NO KEY UPDATE``, the lock an
-#: ordinary UPDATE takes: it still lets other transactions insert rows that reference the
-#: member (their foreign-key checks take KEY SHARE), so a refund holding the account never
-#: waits on it.
-MEMBER_FACTS_LOCKED = MEMBER_FACTS.with_for_update(of=[member_accounts, members], key_share=True)
 
 
-def lock_and_read(
+def read_facts(
     conn: Connection,
     member_id: str,
     *,
     txn_type: str,
     moment: dt.datetime,
     programme: Programme,
-    lock: bool = True,
 ) -> tuple[dict[str, Any], MemberState]:
-    """Lock the member's account (unless ``lock`` is false) and gather the facts
-    rules may test about a transaction of ``txn_type`` at ``moment``, and the
-    member's tier and lifecycle state. Raises :class:`UnknownMember`."""
+    """The facts rules may test about a transaction of ``txn_type`` at ``moment``, and the
+    member's tier and lifecycle state, without a lock (a simulation). Raises :class:`UnknownMember`."""
     month0, month1 = calendar.month(moment, programme.zone)
     params = {"member_id": member_id, "txn_type": txn_type, "moment": moment, "month0": month0, "month1": month1}
-    row = conn.execute(MEMBER_FACTS_LOCKED if lock else MEMBER_FACTS, params).first()
+    row = conn.execute(MEMBER_FACTS, params).first()
     if row is None:
         raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
+    return _facts_of(row, moment, programme), state_of(row)
+
+
+def _facts_of(row: Any, moment: dt.datetime, programme: Programme) -> dict[str, Any]:
     facts = member_facts(
         row.birth_date, aware(row.enrolled_at), moment, programme.zone, tier=row.tier, products=row.products_held
     )
@@ -115,7 +117,97 @@ def lock_and_read(
             None if last is None else max(0, calendar.days_between(last, moment, programme.zone))
         ),
     )
-    return facts, state_of(row)
+    return facts
+
+
+@dataclass(frozen=True)
+class Booking:
+    """What a booking reads of the member, in one statement, under the member's lock."""
+
+    #: the facts rules may test
+    facts: dict[str, Any]
+    state: MemberState
+    #: points earned per rule in the transaction's local day and month, when a rule has caps
+    used: Usage | None
+    #: the tier metrics before the booking; ``None`` when nothing can move the tier (pinned, or the top)
+    tier_inputs: TierInputs | None
+
+
+#: Separates rules in the usage text; rule ids are ``[a-z0-9_-]``.
+_RULE_SEP, _FIELD_SEP = ";", ":"
+
+
+@functools.lru_cache(maxsize=32)
+def _booking_query(ladder: Ladder, with_usage: bool) -> sa.Select[Any]:
+    """:data:`MEMBER_FACTS` with the cap usage (as text) and the tier metrics beside it: the one read
+    of an accrual, made once the member is locked (by the claim of the transaction id: a statement
+    that waited for the lock itself would read with the snapshot it started with). The tier metrics
+    are skipped by the database itself (a ``CASE``) for a member whose tier no transaction can move.
+    Built once per ladder, so it keeps its cache key."""
+    m = members.c
+    skip_tier = sa.or_(
+        sa.and_(m.override_tier.is_not(None), m.override_until > sa.bindparam("now", type_=m.override_until.type)),
+        m.tier == sa.bindparam("top_tier"),
+    )
+    parts = tier_parts(ladder)
+    columns: list[Any] = [sa.case((skip_tier, sa.null()), else_=part).label(name) for name, part in parts.items()]
+    if with_usage:
+        u = USAGE.subquery()
+        line = u.c.rule_id + _FIELD_SEP + sa.cast(u.c.month, sa.String) + _FIELD_SEP + sa.cast(u.c.day, sa.String)
+        columns.append(sa.select(sa.func.aggregate_strings(line, _RULE_SEP)).scalar_subquery().label("usage"))
+    else:
+        columns.append(sa.null().label("usage"))
+    return MEMBER_FACTS.add_columns(*columns)
+
+
+def read_for_booking(
+    conn: Connection,
+    member_id: str,
+    *,
+    txn_type: str,
+    moment: dt.datetime,
+    programme: Programme,
+    current: Programme,
+    now: dt.datetime,
+) -> Booking:
+    """Read, in one statement, what booking a transaction of ``txn_type`` at ``moment`` under
+    ``programme`` needs, once the caller holds the member's lock: the facts for the rules, the cap usage, the tier and
+    lifecycle state, and the tier metrics under ``current`` (the programme in force ``now``).
+    Raises :class:`UnknownMember`."""
+    zone = programme.zone
+    (day0, day1), (month0, month1) = calendar.day(moment, zone), calendar.month(moment, zone)
+    ladder = current.ladder
+    window = Window.at(ladder, now, current.zone)
+    params = {
+        "member_id": member_id,
+        "txn_type": txn_type,
+        "moment": moment,
+        "month0": month0,
+        "month1": month1,
+        "day0": day0,
+        "day1": day1,
+        "now": now,
+        "top_tier": ladder.tiers[0].code if ladder.tiers else "",
+        "as_of": window.as_of,
+        "qualifying_since": window.qualifying_since,
+        "activity_since": window.activity_since,
+    }
+    with_usage = compiled(programme).needs_usage
+    row = conn.execute(_booking_query(ladder, with_usage), params).first()
+    if row is None:
+        raise UnknownMember(f"member {member_id!r} is not enrolled", field="member_id")
+    used = None
+    if with_usage:
+        day: dict[str, int] = {}
+        month: dict[str, int] = {}
+        for line in (row.usage or "").split(_RULE_SEP) if row.usage else ():
+            rule_id, in_month, in_day = line.rsplit(_FIELD_SEP, 2)
+            month[rule_id] = int(in_month)
+            if int(in_day):
+                day[rule_id] = int(in_day)
+        used = Usage(day=day, month=month)
+    inputs = None if row.earned is None else TierInputs.of(row, window)
+    return Booking(_facts_of(row, moment, programme), state_of(row), used, inputs)
 
 
 def aware(value: Any) -> Any:
@@ -170,7 +262,7 @@ TRANSACTION_FACTS = ("type", "amount", "currency", "occurred_at", "channel", "mc
 
 class MemberHistory:
     """One member's facts kept in memory while many of their transactions pass
-    (the importer, the backtest): the same facts :func:`lock_and_read` and
+    (the importer, the backtest): the same facts :func:`read_for_booking` and
     :func:`usage` read from the database for one transaction."""
 
     def __init__(self, birth: dt.date | None, enrolled_at: dt.datetime, tier: str, products: str | None = None) -> None:

@@ -14,7 +14,9 @@ import csv
 import datetime as dt
 import io
 import json
+import queue
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -129,9 +131,9 @@ def import_file(
         bar = click.progressbar(length=total, label="importing", file=None if progress else io.StringIO())
         with bar:
             states: dict[str, _MemberState] = {}
-            for chunk in chunks(reader, chunk_size):
-                _import_chunk(rt, chunk, summary, rejects, states)
-                bar.update(len(chunk))
+            for parsed in _parsed_ahead(rt, chunks(reader, chunk_size)):
+                _import_chunk(rt, parsed, summary, rejects, states)
+                bar.update(parsed.size)
     if summary.rejected == 0:
         rejects_path.unlink()
     return summary
@@ -168,30 +170,94 @@ class _MemberState(MemberHistory):
         self.version: tuple[int, Any] = (-1, None)
 
 
-def _import_chunk(
-    rt: Runtime,
-    chunk: list[tuple[int, dict[str, str]]],
-    summary: Summary,
-    rejects: Any,
-    states: dict[str, _MemberState],
-) -> None:
-    now = rt.now()
-    rows: dict[str, _Row] = {}
+@dataclass
+class _Parsed:
+    """A chunk once parsed: its rows by transaction id, and what parsing refused or found repeated."""
+
+    size: int
+    now: dt.datetime
+    rows: dict[str, _Row] = field(default_factory=dict)
+    #: (line, row, reason) of rows refused, in file order
+    refused: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
+    #: rows repeated in the chunk with the same fields
+    repeated: int = 0
+
+
+def _parse_chunk(chunk: list[tuple[int, dict[str, str]]], now: dt.datetime) -> _Parsed:
+    """Validate and digest a chunk's rows: the Python work that needs no database."""
+    parsed = _Parsed(len(chunk), now)
+    rows = parsed.rows
     for line, raw in chunk:
         try:
             cmd = parse_row(raw, now)
         except LoyaltyError as exc:
-            _reject(rejects, summary, line, raw, exc.detail)
+            parsed.refused.append((line, raw, exc.detail))
             continue
         digest = request_hash(cmd.facts())
         seen = rows.get(cmd.transaction_id)
         if seen is not None:
             if seen.digest == digest:
-                summary.replayed += 1
+                parsed.repeated += 1
             else:
-                _reject(rejects, summary, line, raw, "transaction_id repeated in the file with different fields")
+                parsed.refused.append((line, raw, "transaction_id repeated in the file with different fields"))
             continue
         rows[cmd.transaction_id] = _Row(line, raw, cmd, digest)
+    return parsed
+
+
+_DONE = object()
+
+
+def _parsed_ahead(rt: Runtime, source: Iterator[list[tuple[int, dict[str, str]]]]) -> Iterator[_Parsed]:
+    """The chunks of ``source``, parsed one chunk ahead in a thread of their own: the next chunk
+    is read and validated while this one's statements run in the database (which releases the
+    interpreter while it waits), so the two overlap."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in source:
+                item = _parse_chunk(chunk, rt.now())
+                while not stop.is_set():
+                    try:
+                        ahead.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ahead.put(exc)
+
+    worker = threading.Thread(target=produce, name="import-parser", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _import_chunk(
+    rt: Runtime,
+    parsed: _Parsed,
+    summary: Summary,
+    rejects: Any,
+    states: dict[str, _MemberState],
+) -> None:
+    now = parsed.now
+    for line, raw, reason in parsed.refused:
+        _reject(rejects, summary, line, raw, reason)
+    summary.replayed += parsed.repeated
+    rows = parsed.rows
     if not rows:
         return
     with transaction(rt.engine) as conn:
@@ -336,21 +402,13 @@ def _claim(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> set[str]
         for r in rows
     ]
     if is_postgres(conn):
-        from psycopg2.extras import execute_values
-
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            claimed = execute_values(
-                cursor,
-                "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
-                "VALUES %s ON CONFLICT DO NOTHING RETURNING key",
-                [tuple(p.values()) for p in params],
-                template="(%s, %s, %s, %s, %s::uuid, %s::timestamptz)",
-                page_size=len(params),
-                fetch=True,
-            )
-        finally:
-            cursor.close()
+        claimed = _execute_values(
+            conn,
+            "INSERT INTO idempotency_keys (scope, key, request_hash, member_id, entry_id, created_at) "
+            "VALUES %s ON CONFLICT DO NOTHING RETURNING key",
+            [tuple(p.values()) for p in params],
+            "(%s, %s, %s, %s, %s::uuid, %s::timestamptz)",
+        )
         return {key for (key,) in claimed}
     # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs.
     stmt = insert_ignore(conn, idempotency_keys).returning(idempotency_keys.c.key)
@@ -462,6 +520,39 @@ def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Program
         span = spans.setdefault(r.cmd.member_id, [r.cmd.occurred_at, r.cmd.occurred_at])
         span[0], span[1] = min(span[0], r.cmd.occurred_at), max(span[1], r.cmd.occurred_at)
     m = members.c
+    if is_postgres(conn):
+        # One statement for the chunk: an executemany of UPDATEs is a round trip per member.
+        _execute_values(
+            conn,
+            "UPDATE members AS m SET first_transaction_at = CASE WHEN m.first_transaction_at IS NULL"
+            " OR m.first_transaction_at > v.lo THEN v.lo ELSE m.first_transaction_at END,"
+            " last_transaction_at = CASE WHEN m.last_transaction_at IS NULL OR m.last_transaction_at < v.hi"
+            " THEN v.hi ELSE m.last_transaction_at END"
+            " FROM (VALUES %s) AS v(member_id, lo, hi) WHERE m.member_id = v.member_id",
+            [(member_id, lo, hi) for member_id, (lo, hi) in spans.items()],
+            "(%s, %s::timestamptz, %s::timestamptz)",
+        )
+    else:
+        _update_spans(conn, spans)
+    touched = sorted(spans)
+    tiers.reassess_members(conn, touched, programme=programme, now=now)
+    tiers.apply_stages(conn, m.member_id.in_(touched), programme=programme, as_of=now, now=now, source="event")
+
+
+def _execute_values(conn: Connection, sql: str, values: list[tuple[Any, ...]], template: str) -> list[Any]:
+    """PostgreSQL: ``sql`` with ``VALUES %s`` filled with every tuple of ``values``, in one round trip."""
+    from psycopg2.extras import execute_values
+
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        fetch = "RETURNING" in sql
+        return execute_values(cursor, sql, values, template=template, page_size=len(values), fetch=fetch) or []
+    finally:
+        cursor.close()
+
+
+def _update_spans(conn: Connection, spans: dict[str, list[dt.datetime]]) -> None:
+    m = members.c
     first, last = (
         sa.bindparam("first", type_=m.first_transaction_at.type),
         sa.bindparam("last", type_=m.last_transaction_at.type),
@@ -481,9 +572,6 @@ def _after_booking(conn: Connection, rows: Sequence[_Row], *, programme: Program
         ),
         [{"m": member_id, "first": lo, "last": hi} for member_id, (lo, hi) in spans.items()],
     )
-    touched = sorted(spans)
-    tiers.reassess_members(conn, touched, programme=programme, now=now)
-    tiers.apply_stages(conn, m.member_id.in_(touched), programme=programme, as_of=now, now=now, source="event")
 
 
 def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime) -> dict[str, tuple[int, int, int]]:
@@ -491,22 +579,14 @@ def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datet
     ``member -> (balance, held, entry_seq)`` after. The rows are locked already."""
     ma = member_accounts.c
     if is_postgres(conn):
-        from psycopg2.extras import execute_values
-
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            rows = execute_values(
-                cursor,
-                "UPDATE member_accounts AS a SET balance = a.balance + v.delta, entry_seq = a.entry_seq + v.n, "
-                "last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, at) "
-                "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.held, a.entry_seq",
-                [(d["m"], d["delta"], d["n"], now) for d in deltas],
-                template="(%s, %s::bigint, %s::integer, %s::timestamptz)",
-                page_size=len(deltas),
-                fetch=True,
-            )
-        finally:
-            cursor.close()
+        rows = _execute_values(
+            conn,
+            "UPDATE member_accounts AS a SET balance = a.balance + v.delta, entry_seq = a.entry_seq + v.n, "
+            "last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, at) "
+            "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.held, a.entry_seq",
+            [(d["m"], d["delta"], d["n"], now) for d in deltas],
+            "(%s, %s::bigint, %s::integer, %s::timestamptz)",
+        )
         return {m: (int(balance), int(held), int(seq)) for m, balance, held, seq in rows}
     conn.execute(
         sa.update(member_accounts)

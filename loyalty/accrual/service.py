@@ -26,7 +26,6 @@ from loyalty.ledger.models import member_accounts, point_lots
 from loyalty.records.models import reversals, transactions
 from loyalty.tiers import service as tiers
 from rules import Award, Programme, evaluate
-from rules.evaluate import compiled
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,12 @@ class ReversalCommand:
 
 
 INSERT_TRANSACTION = transactions.insert()
+#: A claimed transaction key that will name no entry: the transaction earned nothing.
+NO_ENTRY = (
+    sa.update(idempotency_keys)
+    .where(idempotency_keys.c.scope == "transaction", idempotency_keys.c.key == sa.bindparam("k"))
+    .values(entry_id=None)
+)
 
 
 def record_transaction(
@@ -76,16 +81,10 @@ def record_transaction(
     backtests) and counts as activity.
     """
     facts = cmd.facts()
-    member, state = context.lock_and_read(
-        conn, cmd.member_id, txn_type=cmd.type, moment=cmd.occurred_at, programme=programme
-    )
-    used = (
-        context.usage(conn, cmd.member_id, moment=cmd.occurred_at, programme=programme)
-        if compiled(programme).needs_usage
-        else None
-    )
-    awards = evaluate(programme, "transaction", {**facts, **member}, used)
-    entry_id = ledger.new_id() if awards else None
+    # The key first, with the member's lock: a replay (or a refused reuse) is answered from its record.
+    # The entry id is made now and stored with the key; a transaction that turns out to earn
+    # nothing clears it again (rare: a purchase below the first point, a type no rule rewards).
+    entry_id: str | None = ledger.new_id()
     existing = claim_key(
         conn,
         "transaction",
@@ -95,9 +94,25 @@ def record_transaction(
         member_id=cmd.member_id,
         now=now,
         entry_id=entry_id,
+        lock_member=True,
     )
     if existing is not None:
         return Result(transaction_body(conn, existing.member_id, cmd.transaction_id), replayed=True)
+    current = current or programme
+    booking = context.read_for_booking(
+        conn,
+        cmd.member_id,
+        txn_type=cmd.type,
+        moment=cmd.occurred_at,
+        programme=programme,
+        current=current,
+        now=now,
+    )
+    member = booking.facts
+    awards = evaluate(programme, "transaction", {**facts, **member}, booking.used)
+    if not awards:
+        conn.execute(NO_ENTRY, {"k": cmd.transaction_id})
+        entry_id = None
     if awards:
         posted = ledger.accrue(
             conn,
@@ -141,8 +156,14 @@ def record_transaction(
             },
             now=now,
         )
+    known = None
+    if booking.tier_inputs is not None:
+        qualifying = sum(a.points for a in awards if a.qualifying)
+        known = booking.tier_inputs.after(
+            current.ladder, occurred_at=cmd.occurred_at, channel=cmd.channel, qualifying=qualifying
+        )
     tiers.after_transaction(
-        conn, cmd.member_id, state, occurred_at=cmd.occurred_at, programme=current or programme, now=now
+        conn, cmd.member_id, booking.state, occurred_at=cmd.occurred_at, programme=current, now=now, known=known
     )
     return Result(_transaction_json(cmd, points, entry_id, balance, programme.version, awards), created=True)
 
@@ -191,23 +212,33 @@ def award_json(a: Award) -> dict[str, Any]:
     }
 
 
+def _body_query() -> sa.Select[Any]:
+    t, pl = transactions.c, point_lots.c
+    return (
+        sa.select(transactions, pl.rule_id, pl.original, pl.funding_source, pl.qualifying, pl.reason)
+        .select_from(
+            transactions.outerjoin(point_lots, sa.and_(pl.member_id == t.member_id, pl.entry_id == t.entry_id))
+        )
+        .where(t.member_id == sa.bindparam("member_id"), t.transaction_id == sa.bindparam("transaction_id"))
+        .order_by(pl.rule_id)
+    )
+
+
+#: A booked transaction with its lots (one row per award), in one statement.
+TRANSACTION_BODY = _body_query()
+
+
 def transaction_body(conn: Connection, member_id: str, transaction_id: str) -> dict[str, Any]:
     """The response a transaction got when it was first booked, rebuilt from the ledger."""
-    t = transactions.c
-    row = conn.execute(
-        sa.select(transactions).where(t.member_id == member_id, t.transaction_id == transaction_id)
-    ).one()
-    awards = []
-    if row.entry_id is not None:
-        pl = point_lots.c
-        awards = [
-            Award(r.rule_id, int(r.original), r.funding_source, r.qualifying, r.reason)
-            for r in conn.execute(
-                sa.select(pl.rule_id, pl.original, pl.funding_source, pl.qualifying, pl.reason)
-                .where(pl.member_id == member_id, pl.entry_id == row.entry_id)
-                .order_by(pl.rule_id)
-            )
-        ]
+    rows = conn.execute(TRANSACTION_BODY, {"member_id": member_id, "transaction_id": transaction_id}).all()
+    if not rows:
+        raise sa.exc.NoResultFound(f"no transaction {transaction_id!r} for member {member_id!r}")
+    row = rows[0]
+    awards = [
+        Award(r.rule_id, int(r.original), r.funding_source, r.qualifying, r.reason)
+        for r in rows
+        if r.rule_id is not None
+    ]
     return _transaction_json(row, int(row.points), row.entry_id, int(row.balance_after), row.programme_version, awards)
 
 

@@ -43,8 +43,8 @@ def simulate(
     programme = service.draft(conn, version) if version else rt.programmes.at(moment)
     used = Usage()
     if member_id is not None:
-        member, _state = member_context.lock_and_read(
-            conn, member_id, txn_type=facts.get("type", ""), moment=moment, programme=programme, lock=False
+        member, _state = member_context.read_facts(
+            conn, member_id, txn_type=facts.get("type", ""), moment=moment, programme=programme
         )
         facts.update(member)
         used = member_context.usage(conn, member_id, moment=moment, programme=programme)

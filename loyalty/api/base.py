@@ -185,12 +185,18 @@ def request_digest(body: Any) -> str:
     return request_hash({"method": request.method, "path": request.path, "body": body})
 
 
-def execute(operation: Callable[[Connection, dt.datetime], Result], body: Any) -> Response:
+def execute(
+    operation: Callable[[Connection, dt.datetime], Result],
+    body: Any,
+    *,
+    answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Response:
     """Run ``operation`` in one transaction, honouring an ``Idempotency-Key``.
 
     The key is claimed in the same transaction as the operation's writes and
     its response stored there too, so a retry either replays that response or,
-    if the first attempt failed, runs again.
+    if the first attempt failed, runs again. ``answer`` adds to the response what
+    the stored one leaves out (secrets such as voucher codes).
     """
     rt = runtime()
     key = idempotency_key()
@@ -205,6 +211,8 @@ def execute(operation: Callable[[Connection, dt.datetime], Result], body: Any) -
         result = operation(conn, now)
         if key is not None:
             idempotency.remember(conn, key_scope(), key, status_of(result), result.body)
+    if answer is not None:
+        result = Result(answer(result.body), created=result.created, replayed=result.replayed)
     return result_response(result)
 
 

@@ -89,24 +89,29 @@ def post_redemption() -> Response:
     revealed: list[list[str]] = []
 
     def operation(conn: Connection, now: dt.datetime) -> Result:
-        result = service.redeem(
+        done = service.redeem(
             conn,
             cmd,
             zone=rt.programmes.at(now).zone,
             now=now,
             deadline_seconds=rt.settings.fulfilment_deadline_seconds,
+            secret_key=rt.settings.secret_key,
         )
-        revealed.append(service.issued_codes(conn, rt.settings.secret_key, result.body))
-        return result
+        revealed.append(done.codes)
+        return done.result
+
+    def with_revealed(body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, "voucher_count": len(revealed[0]), "voucher_codes": revealed[0]}
 
     try:
-        response = execute(operation, body)
+        response = execute(operation, body, answer=with_revealed)
     except LoyaltyError as err:
         # The refusal rolled the request back; what was turned away is kept on its own.
         with transaction(rt.engine) as conn:
             service.record_refusal(conn, cmd, err.code, now=rt.now())
         raise
-    return with_codes(response, revealed[0] if revealed else None)
+    # Not run: an Idempotency-Key's stored answer, which holds no codes; they are looked up.
+    return response if revealed else with_codes(response, None)
 
 
 @bp.get("/redemptions/<redemption_id>")

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loyalty.catalogue.models import benefits
+from loyalty.catalogue.models import BENEFIT_COLUMNS, benefits
 from loyalty.errors import NotFound
 
 
@@ -99,11 +99,11 @@ class BenefitNotFound(NotFound):
 
 
 def load_benefit(conn: Connection, code: str, *, field: str = "benefit_code") -> Benefit:
-    row = conn.execute(sa.select(benefits).where(benefits.c.code == code)).first()
+    row = conn.execute(sa.select(*BENEFIT_COLUMNS).where(benefits.c.code == code)).first()
     if row is None:
         raise BenefitNotFound(f"no benefit {code!r}", field=field)
     return benefit_from_row(row)
 
 
 def all_benefits(conn: Connection) -> list[Benefit]:
-    return [benefit_from_row(r) for r in conn.execute(sa.select(benefits).order_by(benefits.c.code))]
+    return [benefit_from_row(r) for r in conn.execute(sa.select(*BENEFIT_COLUMNS).order_by(benefits.c.code))]

@@ -17,6 +17,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -59,7 +60,7 @@ def add_codes(
     conn: Connection, box: CodeBox, benefit_code: str, codes: Iterable[str], *, now: dt.datetime
 ) -> tuple[int, int]:
     """Add codes to a benefit's pool; a code already in the pool (or twice in ``codes``) is
-    refused. Returns ``(added, duplicates)``; the benefit's stock grows by ``added``.
+    refused. Returns ``(added, duplicates)``; the benefit's stock (its available codes) grows by ``added``.
 
     The codes take the pool's next positions in the order given, so they are issued after
     every code uploaded before them, and in the order of ``codes``."""
@@ -94,8 +95,6 @@ def add_codes(
         part = rows[i : i + 1000]
         added += len(conn.execute(insert_ignore(conn, voucher_codes).returning(voucher_codes.c.id), part).all())
     duplicates += len(rows) - added
-    if added:
-        conn.execute(benefits.update().where(b.code == benefit_code).values(stock=sa.func.coalesce(b.stock, 0) + added))
     return added, duplicates
 
 
@@ -116,7 +115,38 @@ def last_position(conn: Connection, benefit_code: str) -> int:
     return max((int(p) for p in last if p is not None), default=0)
 
 
-def issue_codes(
+def _take_statement(postgres: bool) -> sa.Update:
+    vc = voucher_codes.c
+    pick = (
+        sa.select(vc.id)
+        .where(vc.benefit_code == sa.bindparam("pool"), vc.status == "available")
+        .order_by(vc.position)
+        .limit(sa.bindparam("quantity", type_=sa.Integer))
+    )
+    chosen: Any = pick.scalar_subquery()
+    if postgres:
+        # Materialised, so it runs once: a subquery PostgreSQL re-runs per row would skip the codes
+        # this statement has just taken and take more.
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        chosen = sa.select(picked.c.id)
+    return (
+        voucher_codes.update()
+        .where(vc.benefit_code == sa.bindparam("pool"), vc.id.in_(chosen))
+        .values(
+            status="issued",
+            member_id=sa.bindparam("to_member"),
+            redemption_id=sa.bindparam("to_redemption"),
+            issued_at=sa.bindparam("at", type_=vc.issued_at.type),
+        )
+        .returning(vc.position, vc.secret)
+    )
+
+
+#: Built once per dialect: PostgreSQL skips codes other redemptions are taking; SQLite has one writer.
+TAKE = {True: _take_statement(True), False: _take_statement(False)}
+
+
+def take_codes(
     conn: Connection,
     benefit_code: str,
     *,
@@ -124,30 +154,40 @@ def issue_codes(
     redemption_id: str,
     quantity: int,
     now: dt.datetime,
-) -> list[str]:
-    """Take ``quantity`` available codes for a redemption (the caller has reserved the stock).
-    Returns their ids; concurrent redemptions never get the same code.
+) -> list[str] | None:
+    """Take ``quantity`` available codes for a redemption in one ``UPDATE ... RETURNING``; returns
+    their sealed secrets in pool order, or ``None`` (and takes none) when the pool has fewer.
 
     The codes are the first available in upload order (:func:`add_codes`); a code given back
-    by a cancellation keeps its place."""
+    by a cancellation keeps its place. Concurrent redemptions never get the same code, and never
+    wait for each other: each skips the codes another is taking (``SKIP LOCKED``). So the pool is
+    the stock, and no row every redemption of the benefit updates exists."""
+    params = {
+        "pool": benefit_code,
+        "quantity": quantity,
+        "to_member": member_id,
+        "to_redemption": redemption_id,
+        "at": now,
+    }
+    taken = sorted(conn.execute(TAKE[is_postgres(conn)], params).all())
+    if len(taken) < quantity:
+        return None
+    return [secret for _, secret in taken]
+
+
+def check_pool_low_stock(
+    conn: Connection, benefit_code: str, *, threshold: int | None, taken: int, now: dt.datetime
+) -> None:
+    """Emit ``benefit.low_stock`` when a redemption that took ``taken`` codes brought the pool below
+    ``threshold``. Counts at most ``threshold`` codes, however large the pool."""
+    if threshold is None:
+        return
     vc = voucher_codes.c
-    pick = (
-        sa.select(vc.id)
-        .where(vc.benefit_code == benefit_code, vc.status == "available")
-        .order_by(vc.position)
-        .limit(quantity)
+    some = (
+        sa.select(vc.id).where(vc.benefit_code == benefit_code, vc.status == "available").limit(threshold).subquery()
     )
-    if is_postgres(conn):
-        pick = pick.with_for_update(skip_locked=True)
-    ids = list(conn.execute(pick).scalars())
-    if len(ids) < quantity:
-        raise RuntimeError(f"stock of {benefit_code!r} says a code is left but the pool has {len(ids)}")
-    conn.execute(
-        voucher_codes.update()
-        .where(vc.benefit_code == benefit_code, vc.id.in_(ids))
-        .values(status="issued", member_id=member_id, redemption_id=redemption_id, issued_at=now)
-    )
-    return ids
+    left = int(conn.execute(sa.select(sa.func.count()).select_from(some)).scalar_one())
+    check_low_stock(conn, benefit_code, before=left + taken, after=left, threshold=threshold, now=now)
 
 
 def reveal(conn: Connection, box: CodeBox, benefit_code: str, *, member_id: str, redemption_id: str) -> list[str]:
@@ -161,18 +201,16 @@ def reveal(conn: Connection, box: CodeBox, benefit_code: str, *, member_id: str,
     return [box.open(benefit_code, s) for s in secrets]
 
 
-def check_low_stock(conn: Connection, benefit_code: str, *, before: int | None, now: dt.datetime) -> None:
-    """Emit ``benefit.low_stock`` when stock has just fallen below the benefit's threshold."""
-    b = benefits.c
-    row = conn.execute(sa.select(b.stock, b.low_stock_threshold).where(b.code == benefit_code)).one()
-    if row.stock is None or row.low_stock_threshold is None or before is None:
-        return
-    if before >= row.low_stock_threshold > row.stock:
+def check_low_stock(
+    conn: Connection, benefit_code: str, *, before: int, after: int, threshold: int | None, now: dt.datetime
+) -> None:
+    """Emit ``benefit.low_stock`` when a redemption took the stock from ``before`` to ``after``, below its threshold."""
+    if threshold is not None and before >= threshold > after:
         emit(
             conn,
             "benefit.low_stock",
             member_id=None,
-            payload={"benefit_code": benefit_code, "stock": int(row.stock), "threshold": int(row.low_stock_threshold)},
+            payload={"benefit_code": benefit_code, "stock": after, "threshold": threshold},
             now=now,
         )
 

@@ -38,7 +38,8 @@ benefits = sa.Table(
     sa.Column("eligible_tiers", sa.Text, nullable=False, server_default="[]"),
     #: JSON object tier -> {"quota": n, "period": "day" | "month" | "year"}: units the tier gets without points
     sa.Column("entitlements", sa.Text, nullable=False, server_default="{}"),
-    #: units left; NULL: unlimited. For a pool benefit, the codes still available.
+    #: units left; NULL: unlimited. Always NULL for a pool benefit: its stock is its available
+    #: codes, counted when read (:data:`STOCK`).
     sa.Column("stock", sa.BigInteger),
     #: a ``benefit.low_stock`` event is emitted when stock falls below this
     sa.Column("low_stock_threshold", sa.BigInteger),
@@ -104,3 +105,20 @@ voucher_codes = sa.Table(
     #: the codes of one redemption
     sa.Index("ix_voucher_codes_benefit_code_redemption_id", "benefit_code", "redemption_id"),
 )
+
+
+def _available_codes() -> sa.ScalarSelect[int]:
+    vc = voucher_codes.c
+    return (
+        sa.select(sa.func.count())
+        .where(vc.benefit_code == benefits.c.code, vc.status == "available")
+        .scalar_subquery()
+    )
+
+
+#: A benefit's stock as the catalogue shows it: a pool's is its available codes, counted when read,
+#: for no redemption updates a pool benefit's row (the code it takes, ``SKIP LOCKED``, is its stock);
+#: any other benefit's is the ``stock`` column (``NULL``: unlimited).
+STOCK = sa.case((benefits.c.fulfilment == "pool", _available_codes()), else_=benefits.c.stock).label("stock")
+#: The columns of ``benefits`` with :data:`STOCK` for ``stock``: select these to read a benefit.
+BENEFIT_COLUMNS = tuple(STOCK if c.name == "stock" else c for c in benefits.c)

@@ -30,6 +30,7 @@ from loyalty.calendar import iso
 from loyalty.catalogue.benefit import BenefitNotFound
 from loyalty.catalogue.codes import CodeBox, add_codes
 from loyalty.catalogue.models import (
+    BENEFIT_COLUMNS,
     CODE_STATUSES,
     FULFILMENTS,
     KINDS,
@@ -418,9 +419,9 @@ def view(row: Any) -> dict[str, Any]:
 
 
 def _row(conn: Connection, code: str, *, lock: bool = False) -> Any:
-    q = sa.select(benefits).where(b.code == code)
+    q = sa.select(*BENEFIT_COLUMNS).where(b.code == code)
     if lock:
-        q = q.with_for_update(key_share=True)
+        q = q.with_for_update(of=benefits, key_share=True)
     row = conn.execute(q).first()
     if row is None:
         raise BenefitNotFound(f"no benefit {code!r}", field="code")
@@ -432,7 +433,7 @@ def get(conn: Connection, code: str) -> dict[str, Any]:
 
 
 def list_benefits(conn: Connection, *, status: str | None = None) -> list[dict[str, Any]]:
-    q = sa.select(benefits).order_by(b.code)
+    q = sa.select(*BENEFIT_COLUMNS).order_by(b.code)
     if status is not None:
         q = q.where(b.status == status)
     return [view(r) for r in conn.execute(q)]
@@ -475,8 +476,6 @@ def _changed(conn: Connection, code: str, action: str, before: Any, *, actor: st
 def create(conn: Connection, new: NewBenefit, *, actor: str, now: dt.datetime) -> dict[str, Any]:
     """Create a benefit at version 1, with its ledger account ``redeemed:<code>``."""
     values = new.definition.columns()
-    if new.definition.fulfilment == "pool":
-        values["stock"] = 0
     created = conn.execute(
         insert_ignore(conn, benefits)
         .values(code=new.code, version=1, status=new.status, updated_by=actor, updated_at=now, **values)
@@ -516,10 +515,11 @@ def replace(conn: Connection, code: str, change: Replacement, *, actor: str, now
         if conn.execute(sa.select(vc.id).where(vc.benefit_code == code).limit(1)).first() is not None:
             raise ValidationError.one("fulfilment", "stays pool: codes have been uploaded to this benefit")
     if values["fulfilment"] == "pool":
-        # Stock of a pool is its available codes, counted, never set by hand.
-        values["stock"] = row.stock if was_pool else _available_codes(conn, code)
+        # Stock of a pool is its available codes, counted when read (STOCK), never stored.
+        values["stock"] = None
     before = document(row)
-    if all(_same(name, getattr(row, name), value) for name, value in values.items()):
+    compared = {name: value for name, value in values.items() if not (name == "stock" and was_pool)}
+    if all(_same(name, getattr(row, name), value) for name, value in compared.items()):
         return view(row)
     conn.execute(
         benefits.update()
@@ -579,7 +579,7 @@ def upload_codes(
     if row.status == "retired":
         raise BenefitRetired(f"benefit {code!r} is retired; its pool takes no more codes", field="code")
     added, duplicates = add_codes(conn, box, code, codes, now=now)
-    stock = int(conn.execute(sa.select(b.stock).where(b.code == code)).scalar_one())
+    stock = _available_codes(conn, code)
     result = {"benefit_code": code, "added": added, "duplicates": duplicates, "stock": stock}
     audit.record(
         conn,

@@ -230,12 +230,10 @@ def award_lines(awards: Iterable[Award]) -> list[Line]:
     return lines
 
 
-def _open_lots(conn: Connection, member_id: str, *, unexpired_at: dt.datetime | None = None) -> list[OpenLot]:
-    """The member's lots with points left; with ``unexpired_at``, only those that have not expired by then."""
+def _open_lots(conn: Connection, member_id: str) -> list[OpenLot]:
+    """The member's lots with points left."""
     pl = point_lots.c
     q = sa.select(pl.id, pl.remaining, pl.expires_at, pl.earned_at).where(pl.member_id == member_id, pl.remaining > 0)
-    if unexpired_at is not None:
-        q = q.where(pl.expires_at > unexpired_at)
     return [OpenLot(r.id, int(r.remaining), r.expires_at, r.earned_at) for r in conn.execute(q)]
 
 
@@ -245,17 +243,18 @@ def _consume(conn: Connection, member_id: str, entry_id: str, plan: Sequence[tup
     A negative amount gives points back to a lot (a void or a refund)."""
     if not plan:
         return
-    pl = point_lots.c
+    conn.execute(LOWER_LOT, [{"m": member_id, "lot": lot, "n": n} for lot, n in plan])
     conn.execute(
-        sa.update(point_lots)
-        .where(pl.member_id == sa.bindparam("m"), pl.id == sa.bindparam("lot"))
-        .values(remaining=pl.remaining - sa.bindparam("n")),
-        [{"m": member_id, "lot": lot, "n": n} for lot, n in plan],
-    )
-    conn.execute(
-        lot_consumptions.insert(),
+        INSERT_CONSUMPTIONS,
         [{"member_id": member_id, "entry_id": entry_id, "lot_id": lot, "points": n} for lot, n in plan],
     )
+
+
+LOWER_LOT = (
+    sa.update(point_lots)
+    .where(point_lots.c.member_id == sa.bindparam("m"), point_lots.c.id == sa.bindparam("lot"))
+    .values(remaining=point_lots.c.remaining - sa.bindparam("n"))
+)
 
 
 #: The expiry of points that never lapse: later than any real one, so they are spent last.
@@ -521,15 +520,7 @@ def adjust(
         memo=reason[:500],
     )
     if points < 0:
-        plan = take(_open_lots(conn, member_id, unexpired_at=now), -points)
-        spendable = sum(n for _, n in plan)
-        if spendable != -points:  # the balance counts points that have expired and not lapsed yet
-            raise InsufficientPoints(
-                f"member {member_id!r} does not have {-points} points available: some have expired",
-                required=-points,
-                available=spendable,
-            )
-        _consume(conn, member_id, entry_id, plan)
+        _spend_lots(conn, member_id, entry_id, -points, now=now)
         return Posted(entry_id, seq, points, balance_after, held_after)
     lot = {
         "member_id": member_id,
@@ -606,16 +597,77 @@ def hold(
             "created_at": now,
         },
     )
-    plan = take(_open_lots(conn, member_id, unexpired_at=now), points)
+    _spend_lots(conn, member_id, entry_id, points, now=now)
+    return Posted(entry_id, seq, -points, balance_after, held_after)
+
+
+def spend(conn: Connection, member_id: str, source_ref: str, points: int, *, account: str, now: dt.datetime) -> Posted:
+    """Move ``points`` from the member straight to ``account`` (``redeemed:<benefit>``) in one
+    ``capture`` entry: a redemption that cannot be cancelled needs no hold. Refused as :func:`hold`
+    refuses, with :class:`InsufficientPoints`."""
+    if points <= 0:
+        raise ValueError("a spend needs positive points")
+    balance_after, held_after, seq = _bump_account(conn, member_id, delta=-points, now=now, require_cover=points)
+    entry_id = new_id()
+    _write_entry(
+        conn,
+        member_id=member_id,
+        entry_id=entry_id,
+        seq=seq,
+        kind="capture",
+        source_ref=source_ref,
+        lines=[Line(MEMBER, -points), Line(account, points)],
+        balance_after=balance_after,
+        now=now,
+    )
+    _spend_lots(conn, member_id, entry_id, points, now=now)
+    return Posted(entry_id, seq, -points, balance_after, held_after)
+
+
+def _spendable_query() -> sa.Select[Any]:
+    """The member's unexpired open lots that pay for ``:points``, first-expiring-first: each lot
+    whose predecessors in that order leave something to pay. A member's old lots stay in the
+    database; only the few a spend takes come back."""
+    pl = point_lots.c
+    order = (pl.expires_at, pl.earned_at, pl.id)
+    before = sa.func.sum(pl.remaining).over(order_by=order, rows=(None, -1))
+    lots = (
+        sa.select(pl.id, pl.remaining, pl.expires_at, pl.earned_at, before.label("before"))
+        .where(
+            pl.member_id == sa.bindparam("member_id"),
+            pl.remaining > 0,
+            pl.expires_at > sa.bindparam("now", type_=pl.expires_at.type),
+        )
+        .subquery()
+    )
+    return (
+        sa.select(lots.c.id, lots.c.remaining, lots.c.expires_at, lots.c.earned_at)
+        .where(sa.func.coalesce(lots.c.before, 0) < sa.bindparam("points", type_=sa.BigInteger))
+        .order_by(lots.c.expires_at, lots.c.earned_at, lots.c.id)
+    )
+
+
+SPENDABLE = _spendable_query()
+
+
+def _spend_lots(conn: Connection, member_id: str, entry_id: str, points: int, *, now: dt.datetime) -> None:
+    """Take ``points`` out of the member's unexpired lots, first-expiring-first, for ``entry_id``.
+
+    The balance has already covered them; if it counts points that have expired and not lapsed yet,
+    the lots cannot, and the spend is refused with :class:`InsufficientPoints`."""
+    lots = [
+        OpenLot(r.id, int(r.remaining), r.expires_at, r.earned_at)
+        for r in conn.execute(SPENDABLE, {"member_id": member_id, "now": now, "points": points})
+    ]
+    plan = take(lots, points)
     spendable = sum(n for _, n in plan)
-    if spendable != points:  # the balance counts points that have expired and not lapsed yet
+    if spendable != points:
         raise InsufficientPoints(
             f"member {member_id!r} does not have {points} points available: some have expired",
             required=points,
             available=spendable,
         )
     _consume(conn, member_id, entry_id, plan)
-    return Posted(entry_id, seq, -points, balance_after, held_after)
 
 
 def _pending_hold(conn: Connection, member_id: str, hold_id: str) -> Any:

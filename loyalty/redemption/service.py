@@ -2,17 +2,25 @@
 
 :func:`redeem` does everything in the caller's one transaction, in this order:
 
-1. lock the member's rows (:func:`loyalty.redemption.states.lock_member`), then
-   claim the redemption id (``idempotency_keys``, scope ``redemption``): a
-   retry with the same body replays, a different body is a 409;
-2. load the benefit and refuse what cannot be had, each with its own problem
-   type: ``benefit_not_found``, a missing or unwanted ``delivery`` field,
+1. one statement claims the redemption id (``idempotency_keys``, scope
+   ``redemption``) and locks the member's rows as bookings lock them: a retry
+   with the same body replays, a different body is a 409; then one statement
+   reads the member's tier and points, the benefit and the member's usage of it;
+2. refuse what cannot be had, each with its own problem type:
+   ``benefit_not_found``, a missing or unwanted ``delivery`` field,
    ``benefit_inactive``, ``not_eligible``, ``limit_reached``, ``out_of_stock``,
    ``insufficient_points``;
-3. hold the points (none for an entitlement), reserve the stock with one
-   conditional ``UPDATE``, insert the redemption, and fulfil it: a voucher
-   code from the pool or the bank's own booking at once; a partner later,
-   through the fulfilment job.
+3. move the points (none for an entitlement): a benefit fulfilled at once that
+   cannot be cancelled spends them in one entry (member to ``redeemed:<benefit>``);
+   any other holds them until it is fulfilled or its cancellation window ends;
+4. insert the redemption and fulfil it: voucher codes taken from the pool by one
+   ``UPDATE ... RETURNING`` that skips codes other redemptions are taking (the
+   pool is the stock: no row is updated by every redemption of the benefit), or
+   the bank's own booking, at once; a partner later, through the fulfilment job;
+5. last, a counted stock is taken with one conditional ``UPDATE``, so its row
+   stays locked only until the commit.
+
+The answer is built from what was written, not read back.
 
 A refusal raises, so the transaction rolls back and nothing is written; the API then keeps
 the refusal itself (:func:`record_refusal`), for the analytics of turned-away demand.
@@ -29,6 +37,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,6 +50,7 @@ from loyalty.catalogue.benefit import Benefit, Entitlement, all_benefits, benefi
 from loyalty.catalogue.models import PERIODS, benefits, voucher_codes
 from loyalty.db import insert_ignore
 from loyalty.errors import InsufficientPoints, MemberNotFound, UnknownMember, ValidationError
+from loyalty.events.service import emit
 from loyalty.idempotency import Result, claim_key, idempotency_keys, request_hash
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import member_accounts
@@ -235,98 +245,199 @@ def _member(conn: Connection, member_id: str) -> Any:
     ).first()
 
 
-def _reserve_stock(conn: Connection, benefit: Benefit, quantity: int) -> int | None:
-    """Take ``quantity`` units of a limited stock in one conditional UPDATE; returns the stock before.
-    Unlimited stock (NULL) is not touched, so it never becomes a row every redemption locks."""
-    if benefit.stock is None:
-        return None
-    b = benefits.c
-    left = conn.execute(
-        benefits.update()
-        .where(b.code == benefit.code, b.stock.is_not(None), b.stock >= quantity)
-        .values(stock=b.stock - quantity)
-        .returning(b.stock)
-    ).scalar()
+def _reserve_stock(conn: Connection, benefit: Benefit, quantity: int) -> int:
+    """Take ``quantity`` units of a counted stock in one conditional UPDATE; returns the stock before.
+    The last write of a redemption: the benefit's row stays locked only until the commit."""
+    left = conn.execute(RESERVE, {"benefit": benefit.code, "units": quantity}).scalar()
     if left is None:
         raise OutOfStock(f"benefit {benefit.code!r} has fewer than {quantity} left", field="benefit_code")
     return int(left) + quantity
 
 
+RESERVE = (
+    benefits.update()
+    .where(
+        benefits.c.code == sa.bindparam("benefit"),
+        benefits.c.stock.is_not(None),
+        benefits.c.stock >= sa.bindparam("units"),
+    )
+    .values(stock=benefits.c.stock - sa.bindparam("units"))
+    .returning(benefits.c.stock)
+)
+
+
+def _redeem_query() -> sa.Select[Any]:
+    """Everything a redemption decides on, in one statement made once the claim of the redemption
+    id has locked the member's rows (:func:`loyalty.idempotency.claim_key`): the member's tier and
+    available points, the
+    benefit (``NULL`` columns if there is none), and the member's live units of it in the current
+    day, month and year (``<period>0`` to ``<period>1``, within ``since`` to ``until``)."""
+    m, a, r, b = members.c, member_accounts.c, redemptions.c, benefits.c
+    columns = []
+    for p in PERIODS:
+        inside = sa.and_(
+            r.created_at >= sa.bindparam(f"{p}0", type_=r.created_at.type),
+            r.created_at < sa.bindparam(f"{p}1", type_=r.created_at.type),
+        )
+        columns.append(sa.func.sum(sa.case((inside, r.quantity), else_=0)).label(f"units_{p}"))
+        entitled = sa.and_(inside, r.entitlement.is_(True))
+        columns.append(sa.func.sum(sa.case((entitled, r.quantity), else_=0)).label(f"entitled_{p}"))
+    used = (
+        sa.select(*columns)
+        .where(
+            r.member_id == sa.bindparam("member_id"),
+            r.benefit_code == sa.bindparam("benefit_code"),
+            r.status.in_(LIVE),
+            r.created_at >= sa.bindparam("since", type_=r.created_at.type),
+            r.created_at < sa.bindparam("until", type_=r.created_at.type),
+        )
+        .subquery("used")
+    )
+    return (
+        sa.select(m.tier.label("member_tier"), a.balance.label("member_balance"), *benefits.c, *used.c)
+        .select_from(
+            member_accounts.join(members, m.member_id == a.member_id)
+            .outerjoin(benefits, b.code == sa.bindparam("benefit_code"))
+            .join(used, sa.true())
+        )
+        .where(a.member_id == sa.bindparam("member_id"))
+    )
+
+
+REDEEM_READ = _redeem_query()
+INSERT_REDEMPTION = redemptions.insert()
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    """A redemption's answer, and the voucher codes it gives (decrypted) for the caller to show."""
+
+    result: Result
+    codes: list[str]
+
+
 def redeem(
-    conn: Connection, cmd: RedemptionCommand, *, zone: dt.tzinfo, now: dt.datetime, deadline_seconds: int
-) -> Result:
+    conn: Connection,
+    cmd: RedemptionCommand,
+    *,
+    zone: dt.tzinfo,
+    now: dt.datetime,
+    deadline_seconds: int,
+    secret_key: str,
+) -> Redeemed:
     """Redeem a benefit for a member; see the module's description. Returns the redemption's view
-    (without voucher codes: :func:`issued_codes` reveals them to the caller)."""
-    states.lock_member(conn, cmd.member_id)
-    member = _member(conn, cmd.member_id)
-    if member is None:
-        raise UnknownMember(f"member {cmd.member_id!r} is not enrolled", field="member_id")
+    and its voucher codes, decrypted with ``secret_key``."""
+    bounds = {p: calendar.period(p, now, zone) for p in PERIODS}
+    params: dict[str, Any] = {"member_id": cmd.member_id, "benefit_code": cmd.benefit_code}
+    for p, (start, end) in bounds.items():
+        params[f"{p}0"], params[f"{p}1"] = start, end
+    params["since"] = min(start for start, _ in bounds.values())
+    params["until"] = max(end for _, end in bounds.values())
     digest = request_hash(asdict(cmd))
     existing = claim_key(
-        conn, SCOPE, cmd.redemption_id, digest, field="redemption_id", member_id=cmd.member_id, now=now
+        conn,
+        SCOPE,
+        cmd.redemption_id,
+        digest,
+        field="redemption_id",
+        member_id=cmd.member_id,
+        now=now,
+        lock_member=True,
     )
     if existing is not None:
-        return Result(redemption_view(conn, existing.member_id, cmd.redemption_id, now=now), replayed=True)
-    row = conn.execute(sa.select(benefits).where(benefits.c.code == cmd.benefit_code)).first()
+        view = redemption_view(conn, existing.member_id, cmd.redemption_id, now=now)
+        return Redeemed(Result(view, replayed=True), issued_codes(conn, secret_key, view))
+    row = conn.execute(REDEEM_READ, params).first()
     if row is None:
+        raise UnknownMember(f"member {cmd.member_id!r} is not enrolled", field="member_id")
+    if row.code is None:
         raise UnknownBenefit(f"no benefit {cmd.benefit_code!r}", field="benefit_code")
     benefit = benefit_from_row(row)
     check_delivery(benefit, cmd.delivery)
     if benefit.status != "active" or not benefit.in_window(now):
         raise BenefitInactive(f"benefit {benefit.code!r} cannot be redeemed now", field="benefit_code")
-    used = usage(conn, cmd.member_id, now=now, zone=zone, benefit_code=benefit.code).get(benefit.code, NO_USAGE)
-    deal = terms(benefit, member.tier, cmd.quantity, used)
+    used = Usage(
+        {p: int(getattr(row, f"units_{p}") or 0) for p in PERIODS},
+        {p: int(getattr(row, f"entitled_{p}") or 0) for p in PERIODS},
+    )
+    deal = terms(benefit, row.member_tier, cmd.quantity, used)
     if benefit.stock is not None and benefit.stock < cmd.quantity:
         raise OutOfStock(f"benefit {benefit.code!r} has fewer than {cmd.quantity} left", field="benefit_code")
+    available = int(row.member_balance)  # what holds leave on the member account
+    if deal.points > available:
+        raise InsufficientPoints(
+            f"{deal.points} points needed, {available} available",
+            field="quantity",
+            required=deal.points,
+            available=available,
+        )
+    partner = benefit.fulfilment == "partner"
+    # Fulfilled at once (a code from the pool, the bank's own booking) and not cancellable: the points
+    # are spent for good now, in one entry. Otherwise they are held until fulfilment or the window ends.
+    settled = not partner and not benefit.cancel_hours
     hold_id = None
     if deal.points:
-        # The member account's balance is what holds leave: the available points.
-        if deal.points > int(member.balance):
-            raise InsufficientPoints(
-                f"{deal.points} points needed, {int(member.balance)} available",
-                field="quantity",
-                required=deal.points,
-                available=int(member.balance),
-            )
-        account = benefit.capture_account
-        ledger.hold(conn, cmd.member_id, cmd.redemption_id, deal.points, capture_account=account, now=now)
-        hold_id = cmd.redemption_id
-    before = _reserve_stock(conn, benefit, cmd.quantity)
-    if before is not None:
-        codes.check_low_stock(conn, benefit.code, before=before, now=now)
-    partner = benefit.fulfilment == "partner"
-    conn.execute(
-        redemptions.insert().values(
-            member_id=cmd.member_id,
-            id=cmd.redemption_id,
-            benefit_code=benefit.code,
-            benefit_version=benefit.version,
-            quantity=cmd.quantity,
-            points=deal.points,
-            entitlement=deal.entitlement,
-            status="pending",
-            hold_id=hold_id,
-            delivery=json.dumps(cmd.delivery, ensure_ascii=False, sort_keys=True) if cmd.delivery else None,
-            partner=benefit.partner if partner else None,
-            next_attempt_at=now if partner else None,
-            deadline=now + dt.timedelta(seconds=deadline_seconds) if partner else None,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+        if settled:
+            ledger.spend(conn, cmd.member_id, cmd.redemption_id, deal.points, account=benefit.capture_account, now=now)
+        else:
+            account = benefit.capture_account
+            ledger.hold(conn, cmd.member_id, cmd.redemption_id, deal.points, capture_account=account, now=now)
+            hold_id = cmd.redemption_id
+    values = {
+        "member_id": cmd.member_id,
+        "id": cmd.redemption_id,
+        "benefit_code": benefit.code,
+        "benefit_version": benefit.version,
+        "quantity": cmd.quantity,
+        "points": deal.points,
+        "entitlement": deal.entitlement,
+        "status": "pending" if partner else "fulfilled",
+        "hold_id": hold_id,
+        "settled": settled,
+        "delivery": json.dumps(cmd.delivery, ensure_ascii=False, sort_keys=True) if cmd.delivery else None,
+        "partner": benefit.partner if partner else None,
+        "partner_ref": f"BANK-{cmd.redemption_id}" if benefit.fulfilment == "bank" else None,
+        "failure_reason": None,
+        "next_attempt_at": now if partner else None,
+        "deadline": now + dt.timedelta(seconds=deadline_seconds) if partner else None,
+        "cancel_until": None if partner or settled else now + dt.timedelta(hours=benefit.cancel_hours),
+        "created_at": now,
+        "updated_at": now,
+        "fulfilled_at": None if partner else now,
+    }
+    conn.execute(INSERT_REDEMPTION, values)
+    plain: list[str] = []
     if benefit.fulfilment == "pool":
-        codes.issue_codes(
+        sealed = codes.take_codes(
+            conn, benefit.code, member_id=cmd.member_id, redemption_id=cmd.redemption_id, quantity=cmd.quantity, now=now
+        )
+        if sealed is None:
+            raise OutOfStock(f"benefit {benefit.code!r} has fewer than {cmd.quantity} codes left", field="benefit_code")
+        codes.check_pool_low_stock(
+            conn, benefit.code, threshold=benefit.low_stock_threshold, taken=cmd.quantity, now=now
+        )
+        box = codes.CodeBox(secret_key)
+        plain = [box.open(benefit.code, secret) for secret in sealed]
+    if not partner:
+        emit(
             conn,
-            benefit.code,
+            "redemption.fulfilled",
             member_id=cmd.member_id,
-            redemption_id=cmd.redemption_id,
-            quantity=cmd.quantity,
+            payload={"redemption_id": cmd.redemption_id, "benefit_code": benefit.code, "points": deal.points},
             now=now,
         )
-        states.fulfilled(conn, cmd.member_id, cmd.redemption_id, reference=None, now=now)
-    elif benefit.fulfilment == "bank":
-        states.fulfilled(conn, cmd.member_id, cmd.redemption_id, reference=f"BANK-{cmd.redemption_id}", now=now)
-    return Result(redemption_view(conn, cmd.member_id, cmd.redemption_id, now=now), created=True)
+    if benefit.stock is not None:
+        before = _reserve_stock(conn, benefit, cmd.quantity)
+        codes.check_low_stock(
+            conn,
+            benefit.code,
+            before=before,
+            after=before - cmd.quantity,
+            threshold=benefit.low_stock_threshold,
+            now=now,
+        )
+    view = _view(SimpleNamespace(**values), benefit.name, benefit.kind, benefit.fulfilment, now)
+    return Redeemed(Result(view, created=True), plain)
 
 
 def record_refusal(conn: Connection, cmd: RedemptionCommand, reason: str, *, now: dt.datetime) -> bool:
@@ -389,15 +500,19 @@ def redemption_view(conn: Connection, member_id: str, redemption_id: str, *, now
         .join(benefits, b.code == r.benefit_code)
         .where(r.member_id == member_id, r.id == redemption_id)
     ).one()
+    return _view(row, row.name, row.kind, row.fulfilment, now)
+
+
+def _view(row: Any, name: str, kind: str, fulfilment: str, now: dt.datetime) -> dict[str, Any]:
     return {
         "redemption_id": row.id,
         "member_id": row.member_id,
         "benefit": {
             "code": row.benefit_code,
             "version": int(row.benefit_version),
-            "name": row.name,
-            "kind": row.kind,
-            "fulfilment": row.fulfilment,
+            "name": name,
+            "kind": kind,
+            "fulfilment": fulfilment,
         },
         "quantity": int(row.quantity),
         "points": int(row.points),

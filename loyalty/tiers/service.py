@@ -105,6 +105,56 @@ def metrics(conn: Connection, member_id: str, *, programme: Programme, now: dt.d
     return metrics_dict(row, window.local_day)
 
 
+@dataclass(frozen=True)
+class TierInputs:
+    """A member's tier metrics as read together with a booking (:func:`loyalty.tiers.sql.tier_parts`),
+    before it: :meth:`after` adds the booking's own share, so the tier is decided without reading
+    the member's history a second time."""
+
+    window: tsql.Window
+    aum: int
+    profit_contribution: int
+    qualifying_points: int
+    recent: int
+    digital: int
+    products: str
+    birth_date: dt.date | None
+
+    @classmethod
+    def of(cls, row: Any, window: tsql.Window) -> TierInputs:
+        return cls(
+            window,
+            int(row.aum),
+            int(row.profit_contribution),
+            int(row.earned) - int(row.refunded),
+            int(row.recent),
+            int(row.digital),
+            row.products_held or "",
+            row.birth_date,
+        )
+
+    def after(
+        self, ladder: Ladder, *, occurred_at: dt.datetime, channel: str | None, qualifying: int
+    ) -> dict[str, Any]:
+        """The metrics once a transaction at ``occurred_at`` through ``channel`` that earned ``qualifying``
+        qualifying points is booked: what :func:`metrics` would read then, as its windows count it."""
+        w = self.window
+        earned = qualifying if w.qualifying_since < occurred_at <= w.as_of else 0
+        recent = w.activity_since < occurred_at <= w.as_of
+        n = self.recent + recent
+        digital = self.digital + (recent and channel in ladder.digital_channels)
+        return {
+            "aum": self.aum,
+            "profit_contribution": self.profit_contribution,
+            "qualifying_points": self.qualifying_points + earned,
+            "transactions_90d": n,
+            "digital_share": None if n == 0 else digital * 100 // n,
+            "products_held": [p for p in self.products.split(",") if p],
+            "product_count": 0 if self.products == "" else self.products.count(",") - 1,
+            "age": calendar.age_on(self.birth_date, w.local_day),
+        }
+
+
 def metrics_dict(row: Any, day: dt.date) -> dict[str, Any]:
     share = row.digital_share
     return {
@@ -173,13 +223,20 @@ def on_enrolment(conn: Connection, member_id: str, *, programme: Programme, now:
 
 
 def _upgrade(
-    conn: Connection, member_id: str, state: MemberState, *, programme: Programme, now: dt.datetime
+    conn: Connection,
+    member_id: str,
+    state: MemberState,
+    *,
+    programme: Programme,
+    now: dt.datetime,
+    known: dict[str, Any] | None = None,
 ) -> tuple[str, str] | None:
-    """The tier the member should move up to now, with the criterion met; ``None`` if none."""
+    """The tier the member should move up to now, with the criterion met; ``None`` if none.
+    ``known``: the member's metrics at ``now``, when the caller has them."""
     ladder = programme.ladder
     if state.pinned(now) or ladder.rank(state.tier) >= len(ladder.tiers) - 1 and state.tier in ladder.codes:
         return None
-    qualified, reason = ladder.qualify(metrics(conn, member_id, programme=programme, now=now))
+    qualified, reason = ladder.qualify(known or metrics(conn, member_id, programme=programme, now=now))
     if ladder.rank(qualified) > ladder.rank(state.tier) or state.tier not in ladder.codes:
         return (qualified, reason) if qualified != state.tier else None
     return None
@@ -221,10 +278,12 @@ def after_transaction(
     occurred_at: dt.datetime,
     programme: Programme,
     now: dt.datetime,
+    known: dict[str, Any] | None = None,
 ) -> None:
     """Bring the member's tier and stage up to date after a transaction, under its row lock.
 
-    ``state`` is the member's row as read before the transaction was booked."""
+    ``state`` is the member's row as read before the transaction was booked; ``known`` the
+    member's tier metrics after it (:meth:`TierInputs.after`), if the caller has them."""
     first = state.first_transaction_at
     last = state.last_transaction_at
     first = occurred_at if first is None or occurred_at < first else first
@@ -235,7 +294,7 @@ def after_transaction(
     if last != state.last_transaction_at:
         values["last_transaction_at"] = last
     tier = state.tier
-    decision = _upgrade(conn, member_id, state, programme=programme, now=now)
+    decision = _upgrade(conn, member_id, state, programme=programme, now=now, known=known)
     if decision is not None:
         tier, reason = decision
         values.update(tier=tier, tier_since=now)

@@ -243,10 +243,12 @@ def code_of(ladder: Ladder, rank: Any) -> sa.ColumnElement[str]:
     return sa.case({ladder.rank(code): code for code in ladder.codes}, value=rank, else_=ladder.floor)
 
 
-def one_member_query(ladder: Ladder) -> sa.Select[Any]:
-    """The metrics of :func:`metrics_query` for one member (``:member_id``), as plain
-    scalar subqueries over each table's member index: the form a booking runs,
-    cheaper to plan and run than the grouped form built for many members.
+def tier_parts(ladder: Ladder) -> dict[str, Any]:
+    """The inputs of one member's tier metrics (``:member_id``) as scalar expressions over each
+    table's member index, for a query that selects from ``members`` joined to ``member_profiles``:
+    ``aum``, ``profit_contribution``, ``earned`` and ``refunded`` qualifying points, and ``recent``
+    and ``digital`` transactions in the activity window. :func:`one_member_query` and the
+    booking's read (:mod:`loyalty.accrual.context`) select them.
 
     Bound parameters: ``member_id``, ``as_of``, ``qualifying_since``, ``activity_since``."""
     m, p, pl, r, t = members.c, member_profiles.c, point_lots.c, reversals.c, transactions.c
@@ -262,19 +264,37 @@ def one_member_query(ladder: Ladder) -> sa.Select[Any]:
         r.member_id == member, r.created_at > qualifying_since, r.created_at <= as_of
     )
     recent = sa.and_(t.member_id == member, t.occurred_at > activity_since, t.occurred_at <= as_of)
-    n = sa.select(sa.func.count()).where(recent).scalar_subquery()
-    digital = sa.select(sa.func.count()).where(recent, t.channel.in_(ladder.digital_channels)).scalar_subquery()
+    return {
+        "aum": sa.func.coalesce(p.aum, 0),
+        "profit_contribution": sa.func.coalesce(p.profit_contribution, 0),
+        "earned": earned.scalar_subquery(),
+        "refunded": refunded.scalar_subquery(),
+        "recent": sa.select(sa.func.count()).where(recent).scalar_subquery(),
+        "digital": sa.select(sa.func.count()).where(recent, t.channel.in_(ladder.digital_channels)).scalar_subquery(),
+    }
+
+
+def one_member_query(ladder: Ladder) -> sa.Select[Any]:
+    """The metrics of :func:`metrics_query` for one member (``:member_id``), as plain
+    scalar subqueries over each table's member index (:func:`tier_parts`): the form a
+    single member's reassessment runs, cheaper to plan and run than the grouped form
+    built for many members.
+
+    Bound parameters: ``member_id``, ``as_of``, ``qualifying_since``, ``activity_since``."""
+    m, p = members.c, member_profiles.c
+    parts = tier_parts(ladder)
+    n = parts["recent"]
     products = sa.func.coalesce(p.products_held, "")
     return (
         sa.select(
             m.member_id,
             m.tier,
             m.birth_date,
-            sa.func.coalesce(p.aum, 0).label("aum"),
-            sa.func.coalesce(p.profit_contribution, 0).label("profit_contribution"),
-            (earned.scalar_subquery() - refunded.scalar_subquery()).label("qualifying_points"),
+            parts["aum"].label("aum"),
+            parts["profit_contribution"].label("profit_contribution"),
+            (parts["earned"] - parts["refunded"]).label("qualifying_points"),
             n.label("transactions_90d"),
-            sa.case((n == 0, sa.null()), else_=digital * 100 / n).label("digital_share"),
+            sa.case((n == 0, sa.null()), else_=parts["digital"] * 100 / n).label("digital_share"),
             products.label("products_held"),
             sa.case(
                 (products == "", 0),
@@ -282,5 +302,5 @@ def one_member_query(ladder: Ladder) -> sa.Select[Any]:
             ).label("product_count"),
         )
         .select_from(members.outerjoin(member_profiles, p.member_id == m.member_id))
-        .where(m.member_id == member)
+        .where(m.member_id == sa.bindparam("member_id", type_=m.member_id.type))
     )
