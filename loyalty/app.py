@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from loyalty import logmask
+from loyalty.analytics.advice import Thresholds
 from loyalty.api import init_app
 from loyalty.runtime import Runtime, make_runtime
 
@@ -13,6 +14,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     """The application over ``runtime`` (default: one made from the environment)."""
     logmask.install()
     runtime = runtime or make_runtime()
+    Thresholds.from_env()  # a bad LOYALTY_ADVICE_* setting stops the start, naming the variable
     app = Flask("loyalty")
     app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from loyalty.analytics import advice
 from loyalty.analytics.models import feedback
+from loyalty.app import create_app
 from loyalty.audit import audit_log
 from loyalty.catalogue import service as catalogue
 from loyalty.db import transaction
@@ -134,6 +135,28 @@ def test_thresholds_are_settings(runtime: Runtime, seed_history: None) -> None:
     assert strict.low_usage_rate == advice.Decimal("0.005") and strict.consecutive_periods == 3
     with pytest.raises(StopIteration):
         low_usage(advice.advice(runtime, "2026-06", strict), "potential", "phone-credit-50")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LOW_USAGE_RATE", "low", "must be a decimal number"),
+        ("CONSECUTIVE_PERIODS", "2.5", "must be an integer"),
+        ("MINIMUM_ANSWERS", "-1", "must not be negative"),
+        ("PRICE_RATIO", "NaN", "must be a finite number"),
+    ],
+)
+def test_a_bad_threshold_setting_is_refused_naming_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"LOYALTY_ADVICE_{name} {message}"):
+        advice.Thresholds.from_env({f"LOYALTY_ADVICE_{name}": value})
+
+
+def test_the_service_does_not_start_with_a_bad_threshold_setting(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOYALTY_ADVICE_LOW_USAGE_RATE", "five percent")
+    with pytest.raises(ValueError, match="LOYALTY_ADVICE_LOW_USAGE_RATE"):
+        create_app(runtime)
 
 
 def test_a_finding_is_accepted_then_dismissed_with_notes_and_audited(

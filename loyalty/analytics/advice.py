@@ -74,9 +74,20 @@ class Thresholds:
         env = dict(os.environ) if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f"LOYALTY_ADVICE_{f.name.upper()}")
-            if raw is not None:
-                values[f.name] = int(raw) if f.type == "int" else Decimal(raw)
+            var = f"LOYALTY_ADVICE_{f.name.upper()}"
+            raw = env.get(var)
+            if raw is None:
+                continue
+            try:
+                value: int | Decimal = int(raw) if f.type == "int" else Decimal(raw)
+            except (ValueError, ArithmeticError):
+                kind = "an integer" if f.type == "int" else "a decimal number"
+                raise ValueError(f"{var} must be {kind}, not {raw!r}") from None
+            if isinstance(value, Decimal) and not value.is_finite():
+                raise ValueError(f"{var} must be a finite number, not {raw!r}")
+            if value < 0:
+                raise ValueError(f"{var} must not be negative, not {raw!r}")
+            values[f.name] = value
         return cls(**values)
 
     def as_json(self) -> dict[str, Any]:
