@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, has_request_context, request
 from sqlalchemy.engine import Connection
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -51,7 +51,13 @@ def runtime() -> Runtime:
 
 
 def problem(err: LoyaltyError) -> Response:
-    return Response(encode(err.problem()), status=err.status, mimetype=PROBLEM_JSON)
+    """``err`` as problem+json, carrying the request's id (``request_id``) as its ``X-Request-Id`` does."""
+    body = err.problem()
+    if has_request_context():
+        g.problem_type = body["type"]
+        if "request_id" in g:
+            body["request_id"] = g.request_id
+    return Response(encode(body), status=err.status, mimetype=PROBLEM_JSON)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
