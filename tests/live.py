@@ -127,8 +127,8 @@ def live_server(database_url: str, directory: Path) -> Iterator[LiveServer]:
             try:
                 if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or its worker still booting (the master accepts meanwhile)
             if time.monotonic() > deadline:
                 raise AssertionError(f"gunicorn did not answer /health within 60 s:\n{server.log_tail()}")
             time.sleep(0.1)

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from werkzeug.routing import BaseConverter
 
 from loyalty.api import (  # noqa: F401  (registers the views)
+    apikeys,
     catalogue,
     events,
     finance,
@@ -23,6 +24,7 @@ from loyalty.api import (  # noqa: F401  (registers the views)
     partners,
     profiles,
     programmes,
+    ratelimit,
     reconciliations,
     redemptions,
     tiers,
@@ -49,6 +51,7 @@ def init_app(app: Flask) -> None:
     app.url_map.converters["transaction_id"] = TransactionIdConverter
     app.register_blueprint(bp)
     ops.init_app(app)
+    ratelimit.init_app(app, bp)
 
     @app.errorhandler(LoyaltyError)
     def _loyalty_error(err: LoyaltyError) -> Response:

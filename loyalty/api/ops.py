@@ -16,8 +16,6 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from flask import Flask, Response, g, request
 from sqlalchemy.engine import Engine
 
@@ -25,7 +23,6 @@ from loyalty import logs
 from loyalty.api import metrics
 from loyalty.api.base import json_response, problem, runtime
 from loyalty.errors import DatabaseUnavailable, NotReady
-from loyalty.migrate import alembic_config
 from loyalty.records.models import members
 
 access_log = logging.getLogger("loyalty.access")
@@ -90,11 +87,18 @@ def unavailable(err: DatabaseUnavailable | NotReady) -> Response:
 
 @lru_cache(maxsize=1)
 def head_revisions() -> frozenset[str]:
+    # Alembic is imported here, not with the app: it takes a while, and workers boot without it.
+    from alembic.script import ScriptDirectory
+
+    from loyalty.migrate import alembic_config
+
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return frozenset(script.get_heads())
 
 
 def migrations_at_head(engine: Engine) -> bool:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()
     return frozenset(current) == head_revisions()
