@@ -187,3 +187,11 @@ def test_with_redis_the_limit_holds_across_processes(runtime, database_url):
         )
         answers += done.stdout.strip().splitlines()[-1].split(",")
     assert answers == ["404", "404", "404", "404", "429", "429"], answers
+
+
+def test_a_key_cannot_rotate_or_revoke_itself(client, api_key):
+    own = key_id(api_key)
+    for path, body in ((f"/v1/api-keys/{own}/rotate", {"overlap_seconds": 0}), (f"/v1/api-keys/{own}/revoke", None)):
+        r = client.post(path, json=body)
+        assert r.status_code == 422 and r.get_json()["field"] == "key_id"
+    assert client.get("/v1/api-keys").status_code == 200

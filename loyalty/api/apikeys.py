@@ -18,6 +18,7 @@ from loyalty.auth import service
 from loyalty.auth.models import SCOPES
 from loyalty.config import ROUTE_CLASSES
 from loyalty.db import transaction
+from loyalty.errors import ValidationError
 from loyalty.validation import Base, StrictInteger, StrictString, load
 
 
@@ -81,9 +82,16 @@ def create_api_key() -> Response:
     return json_response(revealed(key, view), 201)
 
 
+def not_own(key_id: str) -> None:
+    """A key may not rotate or revoke itself: the caller would lock itself out (another admin key can)."""
+    if key_id == g.api_key.id:
+        raise ValidationError.one("key_id", "is the key making this request; use another admin key")
+
+
 @bp.post("/api-keys/<key_id>/rotate")
 @requires("admin")
 def rotate_api_key(key_id: str) -> Response:
+    not_own(key_id)
     data = load(ROTATION_SCHEMA, json_body())
     rt = runtime()
     now = rt.now()
@@ -104,6 +112,7 @@ def rotate_api_key(key_id: str) -> Response:
 @bp.post("/api-keys/<key_id>/revoke")
 @requires("admin")
 def revoke_api_key(key_id: str) -> Response:
+    not_own(key_id)
     rt = runtime()
     now = rt.now()
     with transaction(rt.engine) as conn:

@@ -173,13 +173,18 @@ def count_bookings(engine: Engine, endpoint: str | None, response: Response) -> 
         return
     if not booked:
         return
-    with engine.execution_options(readonly=True).begin() as conn:
-        found = conn.execute(
-            sa.select(members.c.member_id, members.c.tier).where(
-                members.c.member_id.in_({b["member_id"] for b in booked})
+    try:
+        with engine.execution_options(readonly=True).begin() as conn:
+            found = conn.execute(
+                sa.select(members.c.member_id, members.c.tier).where(
+                    members.c.member_id.in_({b["member_id"] for b in booked})
+                )
             )
-        )
-        tiers: dict[str, str] = {member_id: tier for member_id, tier in found}
+            tiers: dict[str, str] = {member_id: tier for member_id, tier in found}
+    except sa.exc.SQLAlchemyError:
+        # The booking is done and answered; a lost connection must not turn its answer into a 500.
+        logging.getLogger(__name__).warning("accruals counted without their tier: the database did not answer")
+        tiers = {}
     for result in booked:
         tier = tiers.get(result["member_id"], "unknown")
         metrics.ACCRUALS.labels(tier).inc()
