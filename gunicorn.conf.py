@@ -40,8 +40,10 @@ multiproc_dir = os.environ.setdefault(
 
 
 def on_starting(server: Any) -> None:
-    shutil.rmtree(multiproc_dir, ignore_errors=True)
     os.makedirs(multiproc_dir, exist_ok=True)
+    for name in os.listdir(multiproc_dir):
+        if name.endswith(".db"):  # prometheus-client's files, and nothing else a chosen directory holds
+            os.remove(os.path.join(multiproc_dir, name))
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -30,6 +30,7 @@ It prints, and judges:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -139,9 +140,9 @@ def metric(port: int, name: str, **labels: str) -> float:
     text = c.getresponse().read().decode()
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
     return total
 
 
@@ -178,9 +179,7 @@ def main() -> int:
         "LOYALTY_SECRET_KEY": os.environ.get("LOYALTY_SECRET_KEY") or uuid.uuid4().hex,
         "LOYALTY_JOB_INTERVALS": JOB_INTERVALS,
         "LOYALTY_PARTNERS": f"telecom=http://127.0.0.1:{sandbox}/telecom,video=http://127.0.0.1:{sandbox}/video",
-        "PROMETHEUS_MULTIPROC_DIR": f"/tmp/loyalty-soak-metrics-{name}",
     }
-    os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     log = open(ROOT / "var" / f"soak-{name}.log", "w") if (ROOT / "var").is_dir() else open(os.devnull, "w")  # noqa: SIM115
     make = subprocess.Popen(
         ["make", "run", f"PORT={port}", f"SANDBOX_PORT={sandbox}", f"WORKERS={args.workers}"],
@@ -224,9 +223,8 @@ def main() -> int:
 
         # Baseline: the HTTP stack alone, at the same concurrency.
         baseline = run_load(port, key, members, args.connections, 10, lambda c, m, r: c.call("GET", "/healthz"))
-        print(
-            f"baseline GET /healthz: p50 {ms(percentile(baseline['healthz'], 50))}, p99 {ms(percentile(baseline['healthz'], 99))}"
-        )
+        base = baseline["healthz"]
+        print(f"baseline GET /healthz: p50 {ms(percentile(base, 50))}, p99 {ms(percentile(base, 99))}")
 
         group = os.getpgid(make.pid)
         lags: list[float] = []
@@ -236,10 +234,8 @@ def main() -> int:
         def sample() -> None:
             started = time.monotonic()
             while not stop_sampling.wait(5):
-                try:
+                with contextlib.suppress(OSError):  # a scrape that failed is a sample missed
                     lags.append(metric(port, "loyalty_outbox_lag_seconds"))
-                except OSError:
-                    pass
                 if "warm" not in memory and time.monotonic() - started >= args.warmup:
                     memory["warm"] = rss_bytes(gunicorn_pids(group))
 
@@ -352,10 +348,8 @@ def with_group_stopped(make: subprocess.Popen) -> None:  # type: ignore[type-arg
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(timeout=60)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(make.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 if __name__ == "__main__":
