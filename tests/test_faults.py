@@ -14,6 +14,8 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,20 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from loyalty.db import transaction
+from loyalty.events.models import events
+from loyalty.jobs.models import job_runs
+from loyalty.ledger import verify
+from loyalty.ledger.models import journal_entries
+from loyalty.members import service as members_service
+from loyalty.members.service import Enrolment
+from loyalty.records.models import members
+from loyalty.runtime import Runtime
+from loyalty.tiers.models import tier_changes
 from tests.faults import Load, PrivatePostgres, Seen, check_exactly_once, enrol_members, private_database
+from tests.helpers import eventually
 from tests.live import LiveServer, free_port, prepare, run_cli, start_gunicorn, stop, wait_until_serving
+from tests.probe_jobs import environment
 
 pytestmark = pytest.mark.xdist_group("faults")
 
@@ -150,3 +164,110 @@ def test_service_connections_terminated_under_load_lose_and_double_nothing(serve
         admin.dispose()
     assert terminated > 10
     served.check(seen)
+
+
+# ---- the scheduler's leader killed during a long job ------------------------------------------------------------
+
+#: Members the long jobs work through, 50 a transaction (PROBE_CHUNK).
+LONG_JOB_MEMBERS = 1500
+
+
+def seed_members(runtime: Runtime, count: int) -> None:
+    """``count`` members with the welcome bonus, each put in the top tier, which the review takes away."""
+    programme = runtime.programme
+    with transaction(runtime.engine) as conn:
+        for i in range(count):
+            members_service.enrol(conn, Enrolment(f"long-{i:05}"), programme=programme, now=runtime.now())
+        conn.execute(members.update().values(tier="hnw"))
+
+
+def progress(engine: sa.Engine, job: str) -> int:
+    """Members the job has done so far."""
+    with engine.connect() as conn:
+        if job == "tier_review":
+            return int(
+                conn.execute(sa.select(sa.func.count()).where(members.c.tier_reviewed.is_not(None))).scalar_one()
+            )
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(journal_entries).where(journal_entries.c.kind == "expiry")
+            ).scalar_one()
+        )
+
+
+def running_on(engine: sa.Engine, job: str) -> set[int]:
+    with engine.connect() as conn:
+        runners = conn.execute(
+            sa.select(job_runs.c.runner).where(job_runs.c.job == job, job_runs.c.status == "running")
+        ).scalars()
+        return {int(r.rsplit(":", 1)[1]) for r in runners}
+
+
+@pytest.mark.postgres_only
+@pytest.mark.committed
+@pytest.mark.parametrize("job", ["tier_review", "expiry_later"])
+def test_the_leader_killed_during_a_long_job_leaves_the_standby_to_finish_it_once(
+    job, runtime, engine, database_url, tmp_path, backend
+):
+    """Two schedulers; the leader is SIGKILLed part way through the tier review or the expiry run
+    (the real jobs, 50 members a transaction); the standby takes the lead and its run finishes
+    the rest: every member reviewed or expired once, none twice, the ledger verified."""
+    seed_members(runtime, LONG_JOB_MEMBERS)
+    env = environment(
+        database_url, LOYALTY_SCHEDULER_STANDBY_SECONDS="0.25", LOYALTY_JOB_INTERVALS=f"{job}=1", PROBE_CHUNK="50"
+    )
+    processes = []
+    for i in range(2):
+        with (tmp_path / f"scheduler-{i}.log").open("wb") as out:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.probe_jobs", "scheduler"],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        eventually(
+            f"the {job} run part way", lambda: 0 < progress(engine, job) < LONG_JOB_MEMBERS, timeout=120, every=0.01
+        )
+        leader = running_on(engine, job)
+        assert len(leader) == 1, leader
+        (victim,) = [p for p in processes if p.pid in leader]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        done_when_killed = progress(engine, job)
+        assert done_when_killed < LONG_JOB_MEMBERS, "the run ended before the leader was killed"
+
+        eventually(f"the standby to finish the {job} run", lambda: progress(engine, job) == LONG_JOB_MEMBERS, 180)
+        (standby,) = [p for p in processes if p is not victim]
+        time.sleep(3)  # further runs on its 1 s interval find nothing left to do
+        # The killed leader's run stays recorded as running; every other run is the standby's.
+        assert running_on(engine, job) - {victim.pid} <= {standby.pid}
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    with engine.connect() as conn:
+        if job == "tier_review":
+            changes = conn.execute(
+                sa.select(tier_changes.c.member_id, sa.func.count(), sa.func.min(tier_changes.c.from_tier))
+                .where(tier_changes.c.source != "enrolment")
+                .group_by(tier_changes.c.member_id)
+            ).all()
+            assert len(changes) == LONG_JOB_MEMBERS and {(n, f) for _, n, f in changes} == {(1, "hnw")}, changes[:5]
+        else:
+            expired = conn.execute(
+                sa.select(journal_entries.c.member_id, sa.func.count())
+                .where(journal_entries.c.kind == "expiry")
+                .group_by(journal_entries.c.member_id)
+            ).all()
+            assert len(expired) == LONG_JOB_MEMBERS and {n for _, n in expired} == {1}
+            lapsed = conn.execute(
+                sa.select(sa.func.count()).select_from(events).where(events.c.type == "points.expired")
+            ).scalar_one()
+            assert lapsed == LONG_JOB_MEMBERS
+        outcomes = verify.run(conn)
+    assert all(o.ok for o in outcomes), verify.report(outcomes)

@@ -93,6 +93,9 @@ def init_app(app: Flask, bp: Blueprint) -> None:
         return response
 
     limiter.shared_limit(limit_for_request, scope=route_class)(bp)
+    # A request no limit applies to (no limits configured, or none for its key and class) skips
+    # Flask-Limiter's work altogether.
+    limiter.request_filter(lambda: not limit_for_request())
     limiter.init_app(app)
     app.extensions["loyalty_limiter"] = limiter
 
