@@ -38,6 +38,11 @@ multiproc_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"loyalty-metrics-{os.getpid()}")
 )
 
+# Imported here, after the directory is set (prometheus-client chooses its mode when first imported,
+# and the workers inherit the master's modules), and not in child_exit: that runs from the master's
+# SIGCHLD handling, where an import can interrupt another and fail half-done.
+from prometheus_client import multiprocess  # noqa: E402
+
 
 def on_starting(server: Any) -> None:
     os.makedirs(multiproc_dir, exist_ok=True)
@@ -48,8 +53,6 @@ def on_starting(server: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     # A dead worker's gauges (its pool) stop counting; its counters and histograms are kept.
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)
 
 

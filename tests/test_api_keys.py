@@ -195,3 +195,38 @@ def test_a_key_cannot_rotate_or_revoke_itself(client, api_key):
         r = client.post(path, json=body)
         assert r.status_code == 422 and r.get_json()["field"] == "key_id"
     assert client.get("/v1/api-keys").status_code == 200
+
+
+@pytest.mark.committed
+def test_the_cli_creates_lists_rotates_and_revokes_keys(database_url, runtime):
+    from tests.test_cli import loyalty
+
+    made = loyalty(
+        database_url,
+        "api-keys",
+        "create",
+        "--name",
+        "branch",
+        "--scopes",
+        "read",
+        "--expires-at",
+        "2099-01-01",
+        "--rate-limits",
+        "reads=5/second",
+    )
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    listed = loyalty(database_url, "api-keys", "list").stdout
+    assert f"{key_id(key)}  branch  active  read  expires=2099-01-01T00:00:00Z" in listed
+    assert "limits=reads=5/second" in listed and key not in listed
+    rotated = loyalty(database_url, "api-keys", "rotate", key_id(key), "--overlap", "60")
+    assert rotated.returncode == 0, rotated.stderr
+    new = rotated.stdout.strip().splitlines()[-1]
+    cache = KeyCache(runtime.engine, ttl=0)
+    assert cache.authenticate(key) is not None and cache.authenticate(new) is not None
+    assert loyalty(database_url, "api-keys", "revoke", key_id(key)).returncode == 0
+    assert cache.authenticate(key) is None and cache.authenticate(new) is None
+    assert "revoked" in loyalty(database_url, "api-keys", "list").stdout
+    bad = loyalty(database_url, "api-keys", "create", "--name", "x", "--scopes", "read", "--rate-limits", "reads=fast")
+    assert bad.returncode == 2 and "--rate-limits" in bad.stderr
+    assert loyalty(database_url, "api-keys", "revoke", "nope").returncode == 1
