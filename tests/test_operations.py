@@ -26,13 +26,14 @@ NOWHERE = "postgresql://postgres@127.0.0.1:9/loyalty"
 
 
 def sample(app, name: str, **labels: str) -> float:
-    """The value of one sample of ``GET /metrics`` (0 when it is not there yet)."""
+    """The sum of the samples of ``GET /metrics`` named ``name`` with these labels (0 when none is there yet)."""
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return 0.0
+    return sum(
+        float(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_healthz_and_readyz_answer_without_a_key_and_without_versions(client):

@@ -99,6 +99,8 @@ def json_body() -> Any:
     except ValueError as exc:
         raise MalformedRequest(f"the body is not valid JSON: {exc}", field="body") from None
     check_storable(body)
+    if isinstance(body, dict) and isinstance(body.get("member_id"), str):
+        g.body_member_id = body["member_id"]  # for the access log line (loyalty.api.ops), hashed there
     return body
 
 

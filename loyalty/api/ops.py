@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -18,7 +17,6 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, Response, g, request
 from sqlalchemy.engine import Engine
-from werkzeug.exceptions import HTTPException
 
 from loyalty import logs
 from loyalty.api import metrics
@@ -30,8 +28,6 @@ access_log = logging.getLogger("loyalty.access")
 
 #: A request id a client may choose: short, and safe to echo into headers and log lines.
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-#: Bodies larger than this are not read for the access line's member (a batch, an upload, one refused).
-MEMBER_BODY_BYTES = 64 * 1024
 #: Seconds a client is asked to wait before trying again while the database is away.
 RETRY_AFTER_SECONDS = 5
 #: Driver errors that mean "the database cannot be reached now", not "this request is wrong".
@@ -150,14 +146,8 @@ def member_hash(secret: str) -> str | None:
     """The member a request is about, as a keyed hash: lines of one member can be matched without
     the log holding the id (HMAC-SHA256 under ``LOYALTY_SECRET_KEY``, 16 hex digits)."""
     member_id = (request.view_args or {}).get("member_id")
-    size = request.content_length or 0
-    if member_id is None and request.mimetype == "application/json" and 0 < size <= MEMBER_BODY_BYTES:
-        try:
-            body = json.loads(request.get_data(cache=True))
-        except (ValueError, HTTPException):  # not JSON, or a body the request was refused for
-            body = None
-        if isinstance(body, dict) and isinstance(body.get("member_id"), str):
-            member_id = body["member_id"]
+    if member_id is None:
+        member_id = g.get("body_member_id")  # set by json_body() from the body it parsed
     if not isinstance(member_id, str):
         return None
     return hmac.new(secret.encode(), member_id.encode(), hashlib.sha256).hexdigest()[:16]
