@@ -30,8 +30,6 @@ access_log = logging.getLogger("loyalty.access")
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Seconds a client is asked to wait before trying again while the database is away.
 RETRY_AFTER_SECONDS = 5
-#: Driver errors that mean "the database cannot be reached now", not "this request is wrong".
-UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError)
 
 
 def init_app(app: Flask) -> None:
@@ -65,11 +63,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def unreachable(err: BaseException) -> bool:
-    """Whether ``err`` says the database is away (down, restarting, the connection cut), as opposed
-    to a statement the database refused."""
+    """Whether ``err`` says the database is away (down, restarting, the connection cut, the pool
+    exhausted), as opposed to a statement it refused (a missing column is a 500, not a 503)."""
     if isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated:
         return True
-    return isinstance(err, UNREACHABLE)
+    if isinstance(err, (sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError)):
+        return True
+    if not isinstance(err, sa.exc.OperationalError):
+        return False
+    code = getattr(err.orig, "pgcode", None)
+    if code is not None:
+        # PostgreSQL: connection exceptions (08xxx), and the server shutting down or starting (57P0x).
+        return bool(code.startswith("08") or code.startswith("57P"))
+    text = str(err.orig).lower()
+    # psycopg2 without a code: it could not connect, or lost the connection; SQLite: the file is locked.
+    return any(word in text for word in ("connection", "server closed", "could not connect", "database is locked"))
 
 
 def database_away(err: BaseException) -> Response:
