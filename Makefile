@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 4
+# The sandbox partner's port; LOYALTY_PARTNERS must point there when it is not the default 8090.
+SANDBOX_PORT ?= 8090
 # The voucher code key: the environment's LOYALTY_SECRET_KEY, else the one `make run` keeps in var/secret-key.
 SECRET := export LOYALTY_SECRET_KEY="$${LOYALTY_SECRET_KEY:-$$(cat var/secret-key)}";
 
@@ -35,7 +37,7 @@ run: $(STAMP) ## migrate the database, start the scheduler and the sandbox partn
 	@echo "admin UI: http://$(HOST):$(PORT)/admin  user: admin  password: $$($(BIN)/loyalty admin-users demo)"
 # The scheduler and the sandbox partner (on 127.0.0.1:8090, where LOYALTY_PARTNERS points by
 # default) run in the background for as long as gunicorn does.
-	$(BIN)/loyalty sandbox-partner --callback-url 'http://$(HOST):$(PORT)/v1/partners/{partner}/callbacks' & sandbox=$$!; \
+	$(BIN)/loyalty sandbox-partner --port $(SANDBOX_PORT) --callback-url 'http://$(HOST):$(PORT)/v1/partners/{partner}/callbacks' & sandbox=$$!; \
 	$(SECRET) $(BIN)/loyalty scheduler & scheduler=$$!; \
 	trap 'kill $$scheduler $$sandbox 2>/dev/null; wait $$scheduler $$sandbox' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(BIN)/gunicorn --config gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS)

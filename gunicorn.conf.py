@@ -6,6 +6,9 @@ Options on the command line (``--bind``, ``--workers``) override those set here.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from gunicorn import util
@@ -13,10 +16,49 @@ from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.sync import SyncWorker
 
 from loyalty.errors import LoyaltyError, RequestHeadersTooLarge, RequestLineTooLong
+from loyalty.logs import LOGGING
 
 wsgi_app = "wsgi:app"
-timeout = 120
-accesslog = "-"
+workers = int(os.environ.get("LOYALTY_WORKERS", "4"))
+# A worker silent for this long is killed and replaced (a request stuck on a partner that never
+# answers cannot hold one: partner and webhook calls time out after seconds, see docs/operations.md).
+timeout = 60
+# On SIGTERM the workers stop accepting, finish the requests in flight for up to this long, then exit.
+graceful_timeout = 30
+keepalive = 5
+# One JSON line per request is written by the application (loyalty.access, with the request id, the
+# route, the key's name); gunicorn's own access line would repeat it without those.
+accesslog = None
+logconfig_dict = LOGGING
+
+# Prometheus metrics in multiprocess mode: each worker writes its figures to files in this
+# directory and a scrape of any worker adds them up (loyalty/api/metrics.py). It is emptied when the
+# server starts, so figures of an earlier server are not counted again.
+multiproc_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"loyalty-metrics-{os.getpid()}")
+)
+
+# Imported here, after the directory is set (prometheus-client chooses its mode when first imported,
+# and the workers inherit the master's modules), and not in child_exit: that runs from the master's
+# SIGCHLD handling, where an import can interrupt another and fail half-done.
+from prometheus_client import multiprocess  # noqa: E402
+
+
+def on_starting(server: Any) -> None:
+    os.makedirs(multiproc_dir, exist_ok=True)
+    for name in os.listdir(multiproc_dir):
+        if name.endswith(".db"):  # prometheus-client's files, and nothing else a chosen directory holds
+            os.remove(os.path.join(multiproc_dir, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # A dead worker's gauges (its pool) stop counting; its counters and histograms are kept.
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if multiproc_dir.startswith(os.path.join(tempfile.gettempdir(), "loyalty-metrics-")):
+        shutil.rmtree(multiproc_dir, ignore_errors=True)
 
 # Request limits, far above the largest legitimate request: a request line (method, path and
 # query) is at most a few hundred bytes (ids are at most 64 characters, cursors about 40, the

@@ -60,19 +60,89 @@ def api_keys() -> None:
 @api_keys.command("create")
 @click.option("--name", required=True, help="Who the key is for, e.g. mobile-app.")
 @click.option("--scopes", required=True, help="Comma-separated: accrue, profile, redeem, read, finance, admin.")
-def api_keys_create(name: str, scopes: str) -> None:
+@click.option(
+    "--expires-at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), help="UTC; the key stops working then."
+)
+@click.option(
+    "--rate-limits", default="", help="The key's own limits per route class: 'accrual=50/second;reads=unlimited'."
+)
+def api_keys_create(name: str, scopes: str, expires_at: dt.datetime | None, rate_limits: str) -> None:
     """Create a key; it is printed once, as the last line, and stored only hashed."""
     from loyalty.auth.service import create_key, parse_scopes
+    from loyalty.config import parse_rate_limits
     from loyalty.errors import ValidationError
 
     try:
         parsed = parse_scopes(scopes)
     except ValidationError as exc:
         raise click.BadParameter(exc.detail, param_hint="--scopes") from None
-    with transaction(rt().engine) as conn:
-        key = create_key(conn, name=name, scopes=parsed, now=rt().now())
+    try:
+        limits = parse_rate_limits(rate_limits, "--rate-limits")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rate-limits") from None
+    expires = expires_at.replace(tzinfo=dt.UTC) if expires_at else None
+    try:
+        with transaction(rt().engine) as conn:
+            key = create_key(conn, name=name, scopes=parsed, now=rt().now(), expires_at=expires, rate_limits=limits)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.detail, param_hint="--expires-at") from None
     click.echo(f"created API key {name!r} with scopes {','.join(sorted(parsed))}", err=True)
     click.echo(key)
+
+
+@api_keys.command("list")
+def api_keys_list() -> None:
+    """Every key: id, name, status, scopes, expiry, last use, rotation overlap, limits (never a secret)."""
+    from loyalty.auth.service import list_keys
+
+    with transaction(rt().engine, readonly=True) as conn:
+        for key in list_keys(conn, rt().now()):
+            limits = ";".join(f"{k}={v}" for k, v in key["rate_limits"].items()) or "-"
+            click.echo(
+                f"{key['key_id']}  {key['name']}  {key['status']}  {','.join(key['scopes'])}  "
+                f"expires={key['expires_at'] or '-'}  last_used={key['last_used_at'] or '-'}  "
+                f"old_secret_until={key['previous_secret_valid_until'] or '-'}  limits={limits}"
+            )
+
+
+@api_keys.command("rotate")
+@click.argument("key_id")
+@click.option(
+    "--overlap",
+    "overlap_seconds",
+    type=click.IntRange(0),
+    default=86_400,
+    show_default=True,
+    help="Seconds the current secret keeps working.",
+)
+def api_keys_rotate(key_id: str, overlap_seconds: int) -> None:
+    """Give KEY_ID a new secret, printed once as the last line; the current one works for --overlap more seconds."""
+    from loyalty.auth.service import rotate
+    from loyalty.errors import LoyaltyError
+
+    try:
+        with transaction(rt().engine) as conn:
+            key, view = rotate(conn, key_id, overlap=dt.timedelta(seconds=overlap_seconds), now=rt().now())
+    except LoyaltyError as exc:
+        raise click.ClickException(exc.detail) from None
+    until = view["previous_secret_valid_until"]
+    click.echo(f"rotated API key {key_id}; the old secret works until {until or 'now'}", err=True)
+    click.echo(key)
+
+
+@api_keys.command("revoke")
+@click.argument("key_id")
+def api_keys_revoke(key_id: str) -> None:
+    """Revoke KEY_ID (every secret of it). Servers stop accepting it within LOYALTY_API_KEY_CACHE_SECONDS."""
+    from loyalty.auth.service import revoke
+    from loyalty.errors import LoyaltyError
+
+    try:
+        with transaction(rt().engine) as conn:
+            revoke(conn, key_id, actor=_cli_actor(), now=rt().now())
+    except LoyaltyError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"revoked API key {key_id}")
 
 
 @api_keys.command("demo")

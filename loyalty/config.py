@@ -39,6 +39,10 @@ PARTNER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 PARTNER_KINDS = ("telecom", "video")
 #: Secrets shorter than this are refused.
 MIN_SECRET_LENGTH = 16
+#: The classes of route a rate limit is set for (docs/operations.md).
+ROUTE_CLASSES = ("accrual", "redemption", "reads", "admin")
+#: A route class's limit that lifts the service's default for one key.
+UNLIMITED = "unlimited"
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,20 @@ class Settings:
     partner_backoff_max_seconds: int = 300
     #: after this many unconfirmed attempts the job asks only once more, at the redemption's deadline
     partner_max_attempts: int = 10
+    #: each API key's rate limit per route class (``accrual=200/second;reads=1000/minute``): none by
+    #: default; a key's own limits (``loyalty api-keys create --rate-limits``) take precedence
+    rate_limits: dict[str, str] = field(default_factory=dict)
+    #: Redis, where rate limit counters are kept so that they hold across workers and nodes
+    #: (``redis://127.0.0.1:6379/0``); without it each process counts on its own
+    redis_url: str = ""
 
     def partner_secret_for(self, partner: str) -> str:
         return self.partner_secrets.get(partner, self.partner_secret)
 
     def __post_init__(self) -> None:
+        check_rate_limits(self.rate_limits, "LOYALTY_RATE_LIMITS")
+        if self.redis_url and not re.fullmatch(r"(rediss?|unix)://\S+", self.redis_url):
+            raise ValueError("LOYALTY_REDIS_URL must be a redis://, rediss:// or unix:// URL")
         if self.clawback_policy not in CLAWBACK_POLICIES:
             raise ValueError(f"LOYALTY_CLAWBACK_POLICY must be one of {', '.join(CLAWBACK_POLICIES)}")
         if not self.scheduler_standby_seconds > 0:
@@ -171,6 +184,10 @@ class Settings:
                     values[name] = int(env[var])
                 except ValueError:
                     raise ValueError(f"{var} must be an integer, not {env[var]!r}") from None
+        if "LOYALTY_RATE_LIMITS" in env:
+            values["rate_limits"] = parse_rate_limits(env["LOYALTY_RATE_LIMITS"], "LOYALTY_RATE_LIMITS")
+        if "LOYALTY_REDIS_URL" in env:
+            values["redis_url"] = env["LOYALTY_REDIS_URL"]
         if "LOYALTY_PARTNERS" in env:
             values["partners"] = parse_partners(env["LOYALTY_PARTNERS"])
         if "LOYALTY_PARTNER_SECRET" in env:
@@ -192,6 +209,33 @@ def parse_job_intervals(text: str) -> dict[str, int]:
             raise ValueError(f"LOYALTY_JOB_INTERVALS: {item!r} is not NAME=SECONDS with SECONDS a whole number from 1")
         intervals[name.strip()] = int(seconds)
     return intervals
+
+
+def parse_rate_limits(text: str, where: str) -> dict[str, str]:
+    """``accrual=200/second;reads=1000/minute``: route class to a rate limit (``N/second``,
+    ``N/minute``, ``N/hour``, ``N/day``, or ``unlimited``). Empty: no limits."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, limit = item.partition("=")
+        if not sep:
+            raise ValueError(f"{where}: {item!r} is not CLASS=LIMIT")
+        out[name.strip()] = limit.strip()
+    check_rate_limits(out, where)
+    return out
+
+
+def check_rate_limits(limits: dict[str, str], where: str) -> None:
+    for name, limit in limits.items():
+        if name not in ROUTE_CLASSES:
+            raise ValueError(f"{where}: {name!r} is not a route class; classes: {', '.join(ROUTE_CLASSES)}")
+        if limit != UNLIMITED and not RATE.fullmatch(limit):
+            raise ValueError(
+                f"{where}: {name}={limit!r} is not a rate: N/second, N/minute, N/hour, N/day (N from 1) or {UNLIMITED}"
+            )
+
+
+#: A rate limit as the settings write it; Flask-Limiter reads the same text.
+RATE = re.compile(r"[1-9][0-9]{0,8}/(second|minute|hour|day)")
 
 
 def parse_partners(text: str) -> dict[str, str]:

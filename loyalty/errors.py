@@ -175,3 +175,28 @@ class AdjustmentNotPending(Conflict):
 
     code = "adjustment_not_pending"
     title = "Adjustment already decided"
+
+
+class DatabaseUnavailable(LoyaltyError):
+    """The database cannot be reached now (down, restarting, a connection cut): nothing was
+    written; the same request may be sent again (with ``Retry-After``)."""
+
+    status = 503
+    code = "database_unavailable"
+    title = "Database unavailable"
+
+
+class NotReady(LoyaltyError):
+    """The database answers, but its schema is not the one this release needs (``/readyz``)."""
+
+    status = 503
+    code = "not_ready"
+    title = "Not ready"
+
+
+class RateLimited(LoyaltyError):
+    """The API key sent more requests of this class than its limit allows (``Retry-After``)."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"

@@ -92,14 +92,16 @@ def run_cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-@contextmanager
-def live_server(database_url: str, directory: Path) -> Iterator[LiveServer]:
+def prepare(database_url: str, **env_over: str) -> tuple[dict[str, str], str]:
+    """The server's environment, and an API key of every scope, for a database made ready as
+    ``make run`` makes it (migrations, the default programme and catalogue, demo voucher codes)."""
     env = {
         **os.environ,
         "LOYALTY_DATABASE_URL": database_url,
         "LOYALTY_SECRET_KEY": secrets.token_urlsafe(24),
         "LOYALTY_PARTNER_SECRET": secrets.token_urlsafe(24),
         "LOYALTY_API_KEY_CACHE_SECONDS": "0",
+        **env_over,
     }
     run_cli(env, "db", "upgrade")
     run_cli(env, "rules", "install-default")
@@ -108,35 +110,55 @@ def live_server(database_url: str, directory: Path) -> Iterator[LiveServer]:
         run_cli(env, "catalogue", "demo-codes", benefit, str(DEMO_CODES))
     scopes = "accrue,profile,redeem,read,finance,admin"
     key = run_cli(env, "api-keys", "create", "--name", "contract-tests", "--scopes", scopes).strip().splitlines()[-1]
-    port = free_port()
-    log = directory / "gunicorn.log"
-    with log.open("w", encoding="utf-8") as out:
-        process = subprocess.Popen(
-            [tool("gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--timeout", "60", "wsgi:app"],
+    return env, key
+
+
+def start_gunicorn(env: dict[str, str], port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
+    """gunicorn with the repository's gunicorn.conf.py, serving on ``port``; its output appended to ``log``."""
+    with log.open("a", encoding="utf-8") as out:
+        return subprocess.Popen(
+            [tool("gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--timeout", "60", "wsgi:app"],
             cwd=ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], server: LiveServer) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"gunicorn exited {process.returncode}:\n{server.log_tail()}")
+        try:
+            if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or its worker still booting (the master accepts meanwhile)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gunicorn did not answer /health within 60 s:\n{server.log_tail()}")
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)
+
+
+@contextmanager
+def live_server(database_url: str, directory: Path) -> Iterator[LiveServer]:
+    env, key = prepare(database_url)
+    port = free_port()
+    log = directory / "gunicorn.log"
+    log.write_text("", encoding="utf-8")
+    process = start_gunicorn(env, port, log)
     server = LiveServer(f"http://127.0.0.1:{port}", key, database_url, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"gunicorn exited {process.returncode}:\n{server.log_tail()}")
-            try:
-                if requests.get(f"{server.url}/health", timeout=10).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gunicorn did not answer /health within 60 s:\n{server.log_tail()}")
-            time.sleep(0.1)
+        wait_until_serving(process, server)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop(process)

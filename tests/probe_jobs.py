@@ -29,6 +29,17 @@ def probe(rt: Runtime, as_of: dt.datetime) -> Outcome:
     return Outcome(rows=1, detail=f"probed as of {as_of.isoformat()}")
 
 
+#: How far ahead ``expiry_later`` runs the expiry job: past the default programme's 24 months.
+EXPIRY_AHEAD_DAYS = 25 * 31
+
+
+def expiry_later(rt: Runtime, as_of: dt.datetime) -> Outcome:
+    """The real expiry job, run as of ``EXPIRY_AHEAD_DAYS`` later, so points earned today lapse."""
+    from loyalty.members.jobs import expiry
+
+    return expiry(rt, as_of + dt.timedelta(days=EXPIRY_AHEAD_DAYS))
+
+
 def broken(rt: Runtime, as_of: dt.datetime) -> Outcome:
     raise RuntimeError("the broken probe fails on purpose")
 
@@ -38,6 +49,12 @@ PROBES = {
     for j in [
         Job("probe", "sleeps a moment and reports one row", "tests.probe_jobs:probe", {"trigger": "cron", "hour": 3}),
         Job("broken", "always fails", "tests.probe_jobs:broken", {"trigger": "cron", "hour": 4, "minute": 30}),
+        Job(
+            "expiry_later",
+            "the expiry job, 25 months ahead",
+            "tests.probe_jobs:expiry_later",
+            {"trigger": "cron", "hour": 5},
+        ),
     ]
 }
 
@@ -60,4 +77,11 @@ if __name__ == "__main__":
     if os.environ.get("PROBE_INTERVAL_SECONDS"):
         every = float(os.environ["PROBE_INTERVAL_SECONDS"])
         JOBS["probe"] = dataclasses.replace(JOBS["probe"], schedule={"trigger": "interval", "seconds": every})
+    # Smaller chunks, so that a run of a few thousand members commits many times and can be killed
+    # part way (tests/test_faults.py).
+    if os.environ.get("PROBE_CHUNK"):
+        from loyalty.members import jobs as member_jobs
+        from loyalty.tiers import jobs as tier_jobs
+
+        tier_jobs.CHUNK = member_jobs.EXPIRY_CHUNK = int(os.environ["PROBE_CHUNK"])
     main(prog_name="loyalty")

@@ -13,6 +13,14 @@ def test_openapi_document_is_valid():
     validate(spec())
 
 
+#: Routes served but left out of the contract, each with its reason.
+UNDOCUMENTED = {
+    # Prometheus's text format for the operators' scraper, not JSON for API clients: a generated
+    # client has no use for it and schemathesis could check nothing of it (tests/schemathesis.toml).
+    ("get", "/metrics"),
+}
+
+
 def test_every_route_is_documented_and_every_documented_route_exists(bare_app):
     served = set()
     for rule in bare_app.url_map.iter_rules():
@@ -24,7 +32,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(bare_app):
     documented = {
         (m, p) for p, ops in spec()["paths"].items() for m in ops if m in {"get", "post", "put", "delete", "patch"}
     }
-    assert served == documented
+    assert served - UNDOCUMENTED == documented
 
 
 def test_a_response_the_spec_does_not_declare_fails_the_check():

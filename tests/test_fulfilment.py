@@ -7,12 +7,14 @@ deadlines against its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -223,20 +225,86 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("down", ["503", "close", "refused"])
+#: What a misbehaving partner sends on every connection (None: nothing, the connection is held open).
+MISBEHAVIOURS = {
+    # an HTTP answer whose body is not the partner protocol's JSON
+    "garbage": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{not json",
+    # bytes that are not HTTP at all
+    "noise": b"\x00\xff SSH-2.0-OpenSSH \x07\r\n\r\n",
+    # the connection reset (RST) as soon as the request has arrived
+    "reset": b"",
+    # accepted and never answered
+    "hang": None,
+}
+
+
+@contextlib.contextmanager
+def misbehaving_partner(mode: str) -> Iterator[str]:
+    """A partner on a loopback port that answers every request as ``mode`` says (:data:`MISBEHAVIOURS`)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                conn.recv(65536)
+                answer = MISBEHAVIOURS[mode]
+                if answer is None:
+                    held.append(conn)
+                    continue
+                if mode == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    conn.sendall(answer)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("down", ["503", "close", "refused", *MISBEHAVIOURS])
 def test_a_partner_that_is_down_leaves_the_redemption_pending_until_the_deadline_fails_it(rt, sandbox, down):
-    if down == "refused":
-        rt.settings = dataclasses.replace(rt.settings, partners={"telecom": f"http://127.0.0.1:{closed_port()}"})
-    else:
-        sandbox.control(down=down)
+    with contextlib.ExitStack() as stack:
+        if down == "refused":
+            rt.settings = dataclasses.replace(rt.settings, partners={"telecom": f"http://127.0.0.1:{closed_port()}"})
+        elif down in MISBEHAVIOURS:
+            url = stack.enter_context(misbehaving_partner(down))
+            rt.settings = dataclasses.replace(rt.settings, partners={"telecom": url})
+        else:
+            sandbox.control(down=down)
+        down_until_the_deadline(rt, sandbox)
+
+
+def down_until_the_deadline(rt: Runtime, sandbox: SandboxPartner) -> None:
+    """The redemption stays pending through four unconfirmed attempts, each run over within the
+    partner timeout (no run blocked past it), and fails at its deadline, giving everything back."""
     rid = pending_redemption(rt, "m1", points=300)
     code = benefit_code("telecom", 0)
     assert stock(rt, code) == STOCK - 1
 
+    started = time.monotonic()
     result = run(rt)
+    assert time.monotonic() - started < TIMEOUT + 5, "a run was blocked past the partner timeout"
     assert (result["rows"], result["errors"]) == (1, 1) and "1 unconfirmed" in result["detail"]
     for attempts in (2, 3, 4):
+        started = time.monotonic()
         run(rt, retried(rt, rid))
+        assert time.monotonic() - started < TIMEOUT + 5, "a run was blocked past the partner timeout"
         assert redemption(rt, rid).attempts == attempts
     assert account(rt, "m1") == (WELCOME - 300, 300, WELCOME - 300)
 

@@ -96,11 +96,11 @@ def api_keys() -> Any:
                 raise ValidationError.one("name", "who the key is for, 1 to 100 characters")
             scopes = keys.parse_scopes(",".join(request.form.getlist("scopes")))
             with transaction(rt.engine) as conn:
-                secret = keys.issue_key(conn, name=name, scopes=scopes, actor=actor(), now=rt.now())
+                secret, _view = keys.issue_key(conn, name=name, scopes=scopes, actor=actor(), now=rt.now())
         except LoyaltyError as exc:
             errors, status = faults(exc, "name"), exc.status
     with reading() as conn:
-        found = keys.list_keys(conn)
+        found = keys.list_keys(conn, runtime().now())
     # The secret is in this one answer only: it is stored hashed, and the page is never cached.
     return render_template(
         "admin/api_keys.html", keys=found, scopes=SCOPES, errors=errors, secret=secret, form=Form(), args=request.form

@@ -16,14 +16,17 @@ from werkzeug.routing import BaseConverter
 from loyalty.api import (  # noqa: F401  (registers the views)
     adjustments,
     analytics,
+    apikeys,
     catalogue,
     events,
     finance,
     jobs,
     members,
+    ops,
     partners,
     profiles,
     programmes,
+    ratelimit,
     reconciliations,
     redemptions,
     reference,
@@ -50,6 +53,8 @@ def init_app(app: Flask) -> None:
     app.extensions["loyalty_keys"] = KeyCache(rt.engine, rt.settings.api_key_cache_seconds)
     app.url_map.converters["transaction_id"] = TransactionIdConverter
     app.register_blueprint(bp)
+    ops.init_app(app)
+    ratelimit.init_app(app, bp)
 
     @app.errorhandler(LoyaltyError)
     def _loyalty_error(err: LoyaltyError) -> Response:
@@ -70,6 +75,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
+        if ops.unreachable(err):
+            return ops.database_away(err)
         log.exception("unhandled error on %s %s", request.method, request.path)
         exc = LoyaltyError("the server failed to handle this request; it has been logged")
         exc.status, exc.code, exc.title = 500, "internal_error", "Internal server error"

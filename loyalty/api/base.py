@@ -11,11 +11,12 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, has_request_context, request
 from sqlalchemy.engine import Connection
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from loyalty import idempotency
+from loyalty.auth.service import ApiKey
 from loyalty.db import transaction
 from loyalty.errors import (
     Forbidden,
@@ -52,7 +53,13 @@ def runtime() -> Runtime:
 
 
 def problem(err: LoyaltyError) -> Response:
-    return Response(encode(err.problem()), status=err.status, mimetype=PROBLEM_JSON)
+    """``err`` as problem+json, carrying the request's id (``request_id``) as its ``X-Request-Id`` does."""
+    body = err.problem()
+    if has_request_context():
+        g.problem_type = body["type"]
+        if "request_id" in g:
+            body["request_id"] = g.request_id
+    return Response(encode(body), status=err.status, mimetype=PROBLEM_JSON)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -95,6 +102,8 @@ def json_body(*, storable: bool = True) -> Any:
         raise MalformedRequest(f"the body is not valid JSON: {exc}", field="body") from None
     if storable:
         check_storable(body)
+    if isinstance(body, dict) and isinstance(body.get("member_id"), str):
+        g.body_member_id = body["member_id"]  # for the access log line (loyalty.api.ops), hashed there
     return body
 
 
@@ -119,21 +128,36 @@ def requires(*scopes: str) -> Callable[[Callable[..., Response]], Callable[..., 
     def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Response:
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("send an API key as 'Authorization: Bearer <key>'", field="Authorization")
-            key = current_app.extensions["loyalty_keys"].authenticate(token.strip())
+            key = authenticated()
             if key is None:
-                raise Unauthorized("the API key is unknown or revoked", field="Authorization")
+                if not bearer_token():
+                    raise Unauthorized("send an API key as 'Authorization: Bearer <key>'", field="Authorization")
+                raise Unauthorized("the API key is unknown, expired or revoked", field="Authorization")
             if key.scopes.isdisjoint(scopes):
                 raise Forbidden(f"this operation needs the {needed} scope", field="Authorization")
             g.api_key = key
             return view(*args, **kwargs)
 
+        wrapper.required_scopes = frozenset(scopes)  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+def bearer_token() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def authenticated() -> ApiKey | None:
+    """The API key the request authenticates with, looked up once per request (the rate limiter
+    asks before the view does)."""
+    if "authenticated" not in g:
+        token = bearer_token()
+        g.authenticated = (
+            current_app.extensions["loyalty_keys"].authenticate(token, runtime().now()) if token else None
+        )
+    return g.authenticated  # type: ignore[no-any-return]
 
 
 def query_arg(name: str) -> str | None:

@@ -12,6 +12,7 @@ from loyalty import idempotency
 from loyalty.accrual import service
 from loyalty.accrual.schemas import BATCH_SCHEMA, REVERSAL_SCHEMA, load_transaction
 from loyalty.accrual.service import ReversalCommand
+from loyalty.api import ops
 from loyalty.api.base import (
     bp,
     execute,
@@ -38,12 +39,14 @@ def post_transaction() -> Response:
     body = json_body()
     rt = runtime()
     cmd = load_transaction(body, rt.now())
-    return execute(
-        lambda conn, now: service.record_transaction(
+    def operation(conn: Connection, now: dt.datetime) -> Result:
+        result = service.record_transaction(
             conn, cmd, programme=rt.programmes.at(cmd.occurred_at), now=now, current=rt.programme
-        ),
-        body,
-    )
+        )
+        ops.note_tier(conn, cmd.member_id)
+        return result
+
+    return execute(operation, body)
 
 
 @bp.get("/transactions/<transaction_id:transaction_id>")
@@ -96,6 +99,7 @@ def post_batch() -> Response:
             with transaction(rt.engine) as conn:
                 programme = rt.programmes.at(cmd.occurred_at)
                 result = service.record_transaction(conn, cmd, programme=programme, now=rt.now(), current=rt.programme)
+                ops.note_tier(conn, cmd.member_id)
             results.append({"index": index, "status": status_of(result), "result": result.body})
         except LoyaltyError as err:
             # The item's problem is the one POST /v1/transactions would give it alone: its fields are

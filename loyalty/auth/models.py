@@ -19,6 +19,17 @@ api_keys = sa.Table(
     sa.Column("scopes", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
+    #: the key stops working at this moment (NULL: never)
+    sa.Column("expires_at", UTCDateTime),
+    #: when a request last authenticated with it (written at most once a minute per process)
+    sa.Column("last_used_at", UTCDateTime),
+    #: SHA-256 of the secret the last rotation replaced, which keeps working until ``previous_valid_until``
+    sa.Column("previous_key_hash", sa.String(64), unique=True),
+    sa.Column("previous_valid_until", UTCDateTime),
+    sa.Column("rotated_at", UTCDateTime),
+    #: the key's own rate limits per route class, over the service's (``accrual=50/second;reads=...``)
+    sa.Column("rate_limits", sa.String(500)),
+    sa.CheckConstraint("(previous_key_hash IS NULL) = (previous_valid_until IS NULL)", name="previous_until"),
 )
 
 #: What a person signed in to the admin UI may do; a user may hold several.
