@@ -30,6 +30,15 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         check_foreign_keys(conn)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the database back to ``revision``, in one transaction, as :func:`upgrade` goes forward."""
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.connect() as conn, sqlite_foreign_keys_off(conn), conn.begin():
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        check_foreign_keys(conn)
+
+
 @contextmanager
 def sqlite_foreign_keys_off(conn: Connection) -> Iterator[None]:
     """SQLite changes a table's constraints by building the table anew and dropping the old one
