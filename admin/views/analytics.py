@@ -70,13 +70,24 @@ def analytics_page(errors: dict[str, list[str]] | None = None, status: int = 200
         tiers=tiers,
         report=shown,
         usage=usage,
-        chart_rows=[[f"{t} · {b['benefit_code']}", b["redemptions"], b["redeemers"]] for t, b in usage if t != ALL],
+        **usage_grid(usage),
         advice=found,
         errors=errors,
         form=Form(),
         args=request.form,
         decisions=DECISIONS,
     ), status
+
+
+def usage_grid(usage: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The usage rate (per cent) of each benefit (a row) in each tier (a column), for the chart."""
+    tiers = list(dict.fromkeys(t for t, _b in usage if t != ALL))
+    codes = sorted({b["benefit_code"] for t, b in usage if t != ALL})
+    rates = {(t, b["benefit_code"]): b["usage_rate"] for t, b in usage}
+    return {
+        "grid_tiers": tiers,
+        "grid": [[code, *(rates.get((t, code)) for t in tiers)] for code in codes],
+    }
 
 
 @bp.get("/analytics")
