@@ -504,6 +504,13 @@ PAGES = [
 def test_every_page_in_both_languages_at_two_widths_is_captured(site: b.Site, chromium: Any) -> None:
     member = unique("m")
     enrol_with_points(site, member)
+    asked = site.api(  # a pending adjustment: the Adjustments page shows its approve and reject form
+        "POST",
+        f"/v1/members/{member}/adjustments",
+        json={"points": -300, "reason": "a duplicated goodwill credit"},
+        headers={"Idempotency-Key": unique("k")},
+    )
+    assert asked.status_code == 201, asked.text
     active = site.api("GET", "/v1/benefits", params={"status": "active"}).json()["benefits"]
     code = next(b["code"] for b in active if b["fulfilment"] == "pool")
     version = site.api("GET", "/v1/programmes").json()["versions"][-1]["version"]
