@@ -240,6 +240,11 @@ def test_a_manual_adjustment_needs_a_second_person_and_posts_once(site: b.Site, 
     page.wait_for_url("**/admin/")
     page.goto(f"{site.url}/admin/adjustments")
     pending = page.locator(f"#pending tr[data-adjustment='{adjustment}']")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        pending.locator("button.reject").click()  # a rejection must say why
+    assert answer.value.status == 422
+    pending = page.locator(f"#pending tr[data-adjustment='{adjustment}']")
+    assert "must say why" in pending.locator("label.field .error").inner_text()
     pending.locator("input[name=note]").fill("checked against the card ledger")
     pending.locator("button.approve").click()
     page.wait_for_url("**/admin/adjustments")
