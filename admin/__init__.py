@@ -22,7 +22,16 @@ HERE = Path(__file__).resolve().parent
 
 def mount(app: Flask) -> Flask:
     """Serve the admin UI at ``/admin`` from ``app``; returns ``app``."""
-    from admin.views import catalogue, dashboard, finance, members, operations, programmes  # noqa: F401
+    from admin.views import (  # noqa: F401
+        adjustments,
+        analytics,
+        catalogue,
+        dashboard,
+        finance,
+        members,
+        operations,
+        programmes,
+    )
 
     settings = app.extensions["loyalty"].settings
     # Sessions are signed with a key of their own, derived from the service's secret key, so the

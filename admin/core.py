@@ -129,7 +129,7 @@ def init_app(app: Flask, *, translations: Path) -> None:
     login_manager.login_view = "admin.sign_in"
     login_manager.login_message = ""
     Babel(app, locale_selector=_locale, timezone_selector=lambda: str(zone()))
-    app.jinja_env.filters.update(points=points, yuan=yuan, when=when, day=day)
+    app.jinja_env.filters.update(points=points, yuan=yuan, when=when, day=day, rate=rate)
     app.jinja_env.globals.update(ROLES=ROLES, LOCALES=LOCALES)
 
 
@@ -168,6 +168,13 @@ def yuan(fen: Any) -> str:
     if fen is None or fen == "":
         return ""
     return str(format_currency(Decimal(int(fen)) / 100, "CNY", format="¤#,##0.00", currency_digits=False))
+
+
+def rate(value: Any) -> str:
+    """A ratio (a decimal string such as ``"0.2500"``) as a percentage with one decimal; ``–`` for none."""
+    if value is None or value == "":
+        return "–"
+    return f"{(Decimal(str(value)) * 100).quantize(Decimal('0.1'))}%"
 
 
 def when(value: Any) -> str:

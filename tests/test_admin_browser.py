@@ -152,6 +152,115 @@ def test_a_benefit_made_in_the_ui_is_offered_redeemed_through_the_api_and_seen_o
     available = site.api("GET", f"/v1/members/{member}").json()["available"]
     assert page.locator("#available").inner_text() == f"{available:,}"  # with the thousands separator
 
+    # the analytics page counts the redemption in the member's tier, and its drill-down names it
+    page.click("#sign-out")
+    b.sign_in(page, site, "cat")
+    page.wait_for_url("**/admin/")
+    page.goto(f"{site.url}/admin/analytics?tier=basic")
+    usage = page.locator(f"#usage tr[data-tier='basic'][data-benefit='{code}']")
+    assert int(usage.locator("td.redemptions").inner_text().replace(",", "")) >= 1
+    assert usage.locator("td.usage-rate").inner_text() != "–"
+    usage.locator("td.redemptions a").click()
+    page.wait_for_url("**/admin/analytics/explain**")
+    assert redemption in page.locator("#ids").inner_text()
+    csv = page.request.get(f"{site.url}/admin/analytics?tier=basic&format=csv").text().splitlines()
+    assert csv[0].startswith("period,tier,benefit_code,members")
+    assert any(f",basic,{code}," in line for line in csv)
+
+
+def test_a_finding_of_the_tuning_advice_is_accepted_with_a_note_and_audited(site: b.Site, page: Any) -> None:
+    for _member in range(3):  # basic members who earn and never burn: the tier hoards
+        enrol_with_points(site, unique("m"), spend_fen=2_000_000)
+    b.sign_in(page, site, "cat")
+    page.wait_for_url("**/admin/")
+    page.goto(f"{site.url}/admin/analytics")
+    finding = page.locator(".finding").first
+    finding_id = finding.get_attribute("data-finding")
+    assert finding_id
+    finding.locator("input[name=note]").fill("")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        finding.locator("button[value=accepted]").click()
+    assert answer.value.status == 422  # no note: refused beside the field
+    finding = page.locator(f".finding[data-finding='{finding_id}']")
+    assert "1 to 1000 characters" in finding.locator("label.field .error").inner_text()
+    finding.locator("input[name=note]").fill("raise the redemption reminder")
+    finding.locator("button[value=accepted]").click()
+    page.wait_for_url("**/admin/analytics**")
+    decision = page.locator(f".finding[data-finding='{finding_id}'] .decision").inner_text()
+    assert "accepted" in decision and "raise the redemption reminder" in decision
+    lines = site.api("GET", "/v1/audit", params={"object_type": "advice_finding", "object_id": finding_id}).json()
+    assert [(line["action"], line["actor"]) for line in lines["entries"]] == [("advice.decide", "admin:cat")]
+
+
+def test_a_manual_adjustment_needs_a_second_person_and_posts_once(site: b.Site, page: Any) -> None:
+    member = unique("m")
+    enrol_with_points(site, member)
+    before = site.api("GET", f"/v1/members/{member}").json()["balance"]
+    # admin holds support and finance: it may ask, and may approve others' requests, never its own
+    b.sign_in(page, site, "admin")
+    page.wait_for_url("**/admin/")
+    page.goto(f"{site.url}/admin/members/{member}")
+    page.fill("#f-adjustment-points", "twelve")
+    page.fill("#f-adjustment-reason", "goodwill after a failed card payment")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.click("#request-adjustment")
+    assert answer.value.status == 422
+    assert "non-zero integer" in b.error_beside(page, "adjustment.points")
+    assert page.locator("#f-adjustment-reason").input_value() == "goodwill after a failed card payment"  # kept
+    page.fill("#f-adjustment-points", "1200")
+    page.click("#request-adjustment")
+    page.wait_for_url(f"**/admin/members/{member}")
+    row = page.locator("#adjustments tbody tr").first
+    assert "requested" in row.inner_text() and "1,200" in row.inner_text()
+    adjustment = row.get_attribute("data-adjustment")
+    assert page.locator("#balance").inner_text() == f"{before:,}"  # nothing posted yet
+
+    page.goto(f"{site.url}/admin/adjustments")
+    pending = page.locator(f"#pending tr[data-adjustment='{adjustment}']")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        pending.locator("button.approve").click()
+    assert answer.value.status == 403  # four eyes: the one who asked cannot approve
+    pending = page.locator(f"#pending tr[data-adjustment='{adjustment}']")
+    assert "another person must approve or reject it" in pending.locator(".error").inner_text()
+    assert site.api("GET", f"/v1/members/{member}").json()["balance"] == before
+
+    # a support-only user cannot decide at all: the server refuses a forged post
+    page.context.clear_cookies()
+    b.sign_in(page, site, "sup")
+    page.wait_for_url("**/admin/")
+    response = page.request.post(
+        f"{site.url}/admin/adjustments/{adjustment}/approve",
+        form={"csrf_token": b.csrf_token(page)},
+        max_redirects=0,
+    )
+    assert response.status == 403
+
+    page.context.clear_cookies()
+    b.sign_in(page, site, "fin")
+    page.wait_for_url("**/admin/")
+    page.goto(f"{site.url}/admin/adjustments")
+    pending = page.locator(f"#pending tr[data-adjustment='{adjustment}']")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        pending.locator("button.reject").click()  # a rejection must say why
+    assert answer.value.status == 422
+    pending = page.locator(f"#pending tr[data-adjustment='{adjustment}']")
+    assert "must say why" in pending.locator("label.field .error").inner_text()
+    pending.locator("input[name=note]").fill("checked against the card ledger")
+    pending.locator("button.approve").click()
+    page.wait_for_url("**/admin/adjustments")
+    assert page.locator(f"#pending tr[data-adjustment='{adjustment}']").count() == 0
+    assert "approved" in page.locator(f"#decided tr[data-adjustment='{adjustment}']").inner_text()
+    # approving again (a stale page, a double click) changes nothing more
+    again = page.request.post(
+        f"{site.url}/admin/adjustments/{adjustment}/approve", form={"csrf_token": b.csrf_token(page)}, max_redirects=0
+    )
+    assert again.status == 409
+    assert site.api("GET", f"/v1/members/{member}").json()["balance"] == before + 1200  # once
+
+    lines = site.api("GET", "/v1/audit", params={"object_type": "adjustment", "object_id": adjustment}).json()
+    steps = sorted((line["action"], line["actor"]) for line in lines["entries"])
+    assert steps == [("adjustment.approved", "fin"), ("adjustment.requested", "admin")]
+
 
 def test_a_rule_change_is_drafted_simulated_and_published(site: b.Site, page: Any) -> None:
     b.sign_in(page, site, "rul")
@@ -245,6 +354,9 @@ FORBIDDEN_PAGES = [
     ("sup", "/admin/operations/users"),
     ("fin", "/admin/operations"),
     ("rul", "/admin/operations/audit"),
+    ("sup", "/admin/adjustments"),
+    ("rul", "/admin/analytics"),
+    ("sup", "/admin/analytics"),
 ]
 
 
@@ -388,12 +500,22 @@ PAGES = [
     "/admin/operations/api-keys",
     "/admin/operations/users",
     "/admin/operations/audit",
+    "/admin/adjustments",
+    "/admin/analytics",
+    "/admin/analytics/explain?metric=members",
 ]
 
 
 def test_every_page_in_both_languages_at_two_widths_is_captured(site: b.Site, chromium: Any) -> None:
     member = unique("m")
     enrol_with_points(site, member)
+    asked = site.api(  # a pending adjustment: the Adjustments page shows its approve and reject form
+        "POST",
+        f"/v1/members/{member}/adjustments",
+        json={"points": -300, "reason": "a duplicated goodwill credit"},
+        headers={"Idempotency-Key": unique("k")},
+    )
+    assert asked.status_code == 201, asked.text
     active = site.api("GET", "/v1/benefits", params={"status": "active"}).json()["benefits"]
     code = next(b["code"] for b in active if b["fulfilment"] == "pool")
     version = site.api("GET", "/v1/programmes").json()["versions"][-1]["version"]

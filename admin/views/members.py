@@ -1,5 +1,6 @@
 """Members: look-up by id; balance, held and available points, lots and their expiry, the statement,
-tier and lifecycle history, redemptions (cancel where allowed), the profile, a tier override."""
+tier and lifecycle history, redemptions (cancel where allowed), the profile, a tier override, and
+manual adjustments (:mod:`admin.views.adjustments`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from flask_babel import gettext as _
 from admin.core import Form, actor, bp, done, faults, local_moment, reading, roles, runtime
 from loyalty.db import transaction
 from loyalty.errors import LoyaltyError, MemberNotFound, ValidationError
-from loyalty.members import profiles
+from loyalty.members import adjustments, profiles
 from loyalty.members import service as members
 from loyalty.redemption import service as redemptions
 from loyalty.tiers import service as tiers
@@ -41,6 +42,7 @@ def member_page(member_id: str, errors: dict[str, list[str]] | None = None, stat
                 "history": tiers.history(conn, member_id, limit=50),
                 "redemptions": redemptions.member_redemptions(conn, member_id, now=now),
                 "profile": profiles.get_profile(conn, member_id),
+                "adjustments": adjustments.list_(conn, member_id=member_id),
             }
     except MemberNotFound:
         return render_template("admin/member_lookup.html", missing=member_id), 404
