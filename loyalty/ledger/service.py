@@ -530,8 +530,9 @@ def expire_members(
     conn: Connection, member_ids: Sequence[str], *, as_of: dt.datetime, now: dt.datetime
 ) -> dict[str, Posted]:
     """:func:`expire` for many members at once, set-based (PostgreSQL only): the same rows with
-    the same values, in three statements whatever the number of members or lots. Locks the
-    members' accounts in member id order first, as :func:`expire` does one by one. Returns what
+    the same values, in two statements whatever the number of members or lots: one locks the
+    members' accounts in member id order (as :func:`expire` does one by one), one posts every
+    lapse (:data:`EXPIRE_SET`). Each entry's ``posted_at`` is ``now``. Returns what
     was posted per member that had points lapse (by member id, in member id order)."""
     ma = member_accounts.c
     locked = list(

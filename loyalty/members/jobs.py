@@ -144,10 +144,14 @@ def expiry(rt: Runtime, as_of: dt.datetime) -> Outcome:
     """Lapse every lot whose expiry is at or before ``as_of``: per member, one ``expiry`` entry
     to ``expired`` for the lots' remaining points, first-expiring-first, and a ``points.expired``
     event. Works through the members who have such lots in chunks of member ids, one transaction
-    each. Each member's account is locked in turn, in member id order, and nothing else: a
+    each. The chunk's member accounts are locked in member id order, and nothing else: a
     booking locks one member's account and member row, so the two never wait on each other in
     a cycle. A member done has no such lot left, so running it again, or again after a crash,
-    posts nothing more."""
+    posts nothing more.
+
+    On PostgreSQL a chunk is lapsed set-based (:func:`ledger.expire_members`: a few statements
+    whatever its size); on SQLite member by member (:func:`ledger.expire`). Both write the same
+    rows; the chunk's events go in one insert."""
     pl, m = point_lots.c, members.c
     # Correlated, so finding a chunk's members probes each member's open lots (ix_point_lots_open)
     # instead of reading every lot due for every chunk.
