@@ -218,21 +218,29 @@ def test_a_run_that_fails_part_way_is_finished_by_the_next(runtime, clock, monke
         for i in range(7):
             members.enrol(conn, Enrolment(f"m{i}"), programme=BASE, now=clock.now)
     as_of = calendar.add_months(clock.now, 24, SHANGHAI)
-    real_expire, calls = ledger.expire, []
+    real_expire, real_expire_members = ledger.expire, ledger.expire_members
 
-    def crash_on_the_fifth(conn: Any, member_id: str, **kwargs: Any) -> Any:
-        calls.append(member_id)
-        if len(calls) == 5:
+    # The process dies on reaching m4, the third chunk's first member: one by one (SQLite) or
+    # with its chunk (PostgreSQL's set-based path).
+    def crash_at_m4(conn: Any, member_id: str, **kwargs: Any) -> Any:
+        if member_id == "m4":
             raise RuntimeError("the process died")
         return real_expire(conn, member_id, **kwargs)
 
-    monkeypatch.setattr(ledger, "expire", crash_on_the_fifth)
+    def crash_with_m4(conn: Any, member_ids: list[str], **kwargs: Any) -> Any:
+        if "m4" in member_ids:
+            raise RuntimeError("the process died")
+        return real_expire_members(conn, member_ids, **kwargs)
+
+    monkeypatch.setattr(ledger, "expire", crash_at_m4)
+    monkeypatch.setattr(ledger, "expire_members", crash_with_m4)
     run = run_job(runtime, "expiry", as_of)
     assert run["status"] == "failed" and "the process died" in run["detail"]
     books = Books(runtime)
     # the first two chunks committed; the third rolled back with the crash
     assert [books.balance(f"m{i}") for i in range(7)] == [0, 0, 0, 0, 500, 500, 500]
     monkeypatch.setattr(ledger, "expire", real_expire)
+    monkeypatch.setattr(ledger, "expire_members", real_expire_members)
     assert expire(runtime, as_of)["rows"] == 3
     assert [books.balance(f"m{i}") for i in range(7)] == [0] * 7
     assert books.account_total("expired") == 3_500

@@ -29,6 +29,20 @@ from loyalty.errors import ValidationError
 from loyalty.events.models import EVENT_TYPES, events
 
 
+def event_row(
+    type_: str, *, member_id: str | None, payload: dict[str, Any], now: dt.datetime, dedup_key: str | None = None
+) -> dict[str, Any]:
+    """The row of one event (for writers that insert many at once)."""
+    assert type_ in EVENT_TYPES, type_
+    return {
+        "type": type_,
+        "member_id": member_id,
+        "dedup_key": dedup_key,
+        "payload": json.dumps(payload, ensure_ascii=False, sort_keys=True),
+        "occurred_at": now,
+    }
+
+
 def emit(
     conn: Connection,
     type_: str,
@@ -40,14 +54,7 @@ def emit(
 ) -> bool:
     """Write one event. With a ``dedup_key`` an event the member already has is
     not written again; returns whether this call wrote it."""
-    assert type_ in EVENT_TYPES, type_
-    row = {
-        "type": type_,
-        "member_id": member_id,
-        "dedup_key": dedup_key,
-        "payload": json.dumps(payload, ensure_ascii=False, sort_keys=True),
-        "occurred_at": now,
-    }
+    row = event_row(type_, member_id=member_id, payload=payload, now=now, dedup_key=dedup_key)
     if dedup_key is None:
         conn.execute(INSERT_EVENT, row)
         return True

@@ -7,6 +7,7 @@ happen once per member and date, however often the job runs.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from loyalty.accrual.context import member_facts
 from loyalty.calendar import iso
 from loyalty.db import UTCDateTime, insert_ignore, is_postgres, transaction
 from loyalty.events.models import events
-from loyalty.events.service import emit, json_object
+from loyalty.events.service import INSERT_EVENT, emit, event_row, json_object
 from loyalty.ledger import service as ledger
 from loyalty.ledger.models import point_lots
 from loyalty.members.service import credit_bonus
@@ -127,14 +128,30 @@ def points_expiring(rt: Runtime, as_of: dt.datetime) -> Outcome:
 EXPIRY_CHUNK = 500
 
 
+def _expire_each(
+    conn: Any, member_ids: list[str], *, as_of: dt.datetime, now: Callable[[], dt.datetime]
+) -> dict[str, ledger.Posted]:
+    """The lapse of each member's points in turn, in member id order (SQLite's path)."""
+    posted = {}
+    for member_id in member_ids:
+        p = ledger.expire(conn, member_id, as_of=as_of, now=now())
+        if p is not None:
+            posted[member_id] = p
+    return posted
+
+
 def expiry(rt: Runtime, as_of: dt.datetime) -> Outcome:
     """Lapse every lot whose expiry is at or before ``as_of``: per member, one ``expiry`` entry
     to ``expired`` for the lots' remaining points, first-expiring-first, and a ``points.expired``
     event. Works through the members who have such lots in chunks of member ids, one transaction
-    each. Each member's account is locked in turn, in member id order, and nothing else: a
+    each. The chunk's member accounts are locked in member id order, and nothing else: a
     booking locks one member's account and member row, so the two never wait on each other in
     a cycle. A member done has no such lot left, so running it again, or again after a crash,
-    posts nothing more."""
+    posts nothing more.
+
+    On PostgreSQL a chunk is lapsed set-based (:func:`ledger.expire_members`: a few statements
+    whatever its size); on SQLite member by member (:func:`ledger.expire`). Both write the same
+    rows; the chunk's events go in one insert."""
     pl, m = point_lots.c, members.c
     # Correlated, so finding a chunk's members probes each member's open lots (ix_point_lots_open)
     # instead of reading every lot due for every chunk.
@@ -142,29 +159,36 @@ def expiry(rt: Runtime, as_of: dt.datetime) -> Outcome:
     members_done = points = 0
     for chunk, _ in ranges(rt, due, EXPIRY_CHUNK):
         with transaction(rt.engine) as conn:
-            for member_id in conn.execute(sa.select(m.member_id).where(chunk).order_by(m.member_id)).scalars():
-                posted = ledger.expire(conn, member_id, as_of=as_of, now=rt.now())
-                if posted is None:
-                    continue
-                members_done += 1
-                points -= posted.points
-                emit(
-                    conn,
-                    "points.expired",
-                    member_id=member_id,
-                    payload={
-                        "entry_id": posted.entry_id,
-                        "points": -posted.points,
-                        "balance": posted.total_after,
-                        "lots": [
-                            {
-                                "lot_id": lot["id"],
-                                "points": lot["points"],
-                                "expired_at": iso(cast(dt.datetime, lot["expires_at"])),
-                            }
-                            for lot in posted.lots
-                        ],
-                    },
-                    now=as_of,
+            member_ids = list(conn.execute(sa.select(m.member_id).where(chunk).order_by(m.member_id)).scalars())
+            if is_postgres(conn):
+                posted = ledger.expire_members(conn, member_ids, as_of=as_of, now=rt.now())
+            else:
+                posted = _expire_each(conn, member_ids, as_of=as_of, now=rt.now)
+            members_done += len(posted)
+            points -= sum(p.points for p in posted.values())
+            if posted:
+                conn.execute(
+                    INSERT_EVENT,
+                    [
+                        event_row(
+                            "points.expired",
+                            member_id=member_id,
+                            payload={
+                                "entry_id": p.entry_id,
+                                "points": -p.points,
+                                "balance": p.total_after,
+                                "lots": [
+                                    {
+                                        "lot_id": lot["id"],
+                                        "points": lot["points"],
+                                        "expired_at": iso(cast(dt.datetime, lot["expires_at"])),
+                                    }
+                                    for lot in p.lots
+                                ],
+                            },
+                            now=as_of,
+                        )
+                        for member_id, p in posted.items()
+                    ],
                 )
     return Outcome(rows=members_done, detail=f"{points} points of {members_done} members expired")
