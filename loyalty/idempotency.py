@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,11 +43,13 @@ idempotency_keys = sa.Table(
 @dataclass(frozen=True)
 class Result:
     """An operation's answer: its JSON body, whether it made something new, whether it
-    replays an earlier answer to the same key."""
+    replays an earlier answer to the same key, and what the operation knew that the body does not
+    say and the metrics count by (``tier``)."""
 
     body: dict[str, Any]
     created: bool = False
     replayed: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def request_hash(payload: dict[str, Any]) -> str:

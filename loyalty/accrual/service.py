@@ -165,7 +165,11 @@ def record_transaction(
     tiers.after_transaction(
         conn, cmd.member_id, booking.state, occurred_at=cmd.occurred_at, programme=current, now=now, known=known
     )
-    return Result(_transaction_json(cmd, points, entry_id, balance, programme.version, awards), created=True)
+    return Result(
+        _transaction_json(cmd, points, entry_id, balance, programme.version, awards),
+        created=True,
+        labels={"tier": str(member["tier"] or "unknown")},
+    )
 
 
 def touch(conn: Connection, member_id: str, now: dt.datetime) -> int:

@@ -22,7 +22,6 @@ from loyalty import logs
 from loyalty.api import metrics
 from loyalty.api.base import json_response, problem, runtime
 from loyalty.errors import DatabaseUnavailable, NotReady
-from loyalty.records.models import members
 
 access_log = logging.getLogger("loyalty.access")
 
@@ -161,10 +160,9 @@ def member_hash(secret: str) -> str | None:
     return hmac.new(secret.encode(), member_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def note_tier(conn: sa.Connection, member_id: str) -> None:
-    """Remember the member's tier for the accrual metrics, read in the booking's own transaction
-    (one indexed read on its connection, instead of another connection after the answer)."""
-    tier = conn.execute(sa.select(members.c.tier).where(members.c.member_id == member_id)).scalar()
+def note_tier(member_id: str, tier: str | None) -> None:
+    """Remember the member's tier for the accrual metrics, as the booking read it (no statement of
+    its own: the hot path's statement count is pinned by tests/test_statement_counts.py)."""
     g.setdefault("booked_tiers", {})[member_id] = tier or "unknown"
 
 

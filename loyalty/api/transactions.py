@@ -43,7 +43,7 @@ def post_transaction() -> Response:
         result = service.record_transaction(
             conn, cmd, programme=rt.programmes.at(cmd.occurred_at), now=now, current=rt.programme
         )
-        ops.note_tier(conn, cmd.member_id)
+        ops.note_tier(cmd.member_id, result.labels.get("tier"))
         return result
 
     return execute(operation, body)
@@ -99,7 +99,7 @@ def post_batch() -> Response:
             with transaction(rt.engine) as conn:
                 programme = rt.programmes.at(cmd.occurred_at)
                 result = service.record_transaction(conn, cmd, programme=programme, now=rt.now(), current=rt.programme)
-                ops.note_tier(conn, cmd.member_id)
+                ops.note_tier(cmd.member_id, result.labels.get("tier"))
             results.append({"index": index, "status": status_of(result), "result": result.body})
         except LoyaltyError as err:
             # The item's problem is the one POST /v1/transactions would give it alone: its fields are
