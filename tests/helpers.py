@@ -63,35 +63,30 @@ def base_programme() -> Programme:
 BASE = base_programme()
 
 
-def revision_named(name: str) -> str:
-    """The Alembic revision whose file is named after ``name`` (``..._0012_balances_include_held.py``),
-    so tests follow a migration when revisions are renumbered."""
+def _migrations() -> Any:
     from alembic.script import ScriptDirectory
 
     from loyalty.migrate import alembic_config
 
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    found = [r.revision for r in script.walk_revisions() if r.module.__file__.endswith(f"_{name}.py")]
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def revision_named(name: str) -> str:
+    """The Alembic revision whose file is named after ``name`` (``..._0012_balances_include_held.py``),
+    so tests follow a migration when revisions are renumbered."""
+    found = [r.revision for r in _migrations().walk_revisions() if r.module.__file__.endswith(f"_{name}.py")]
     assert len(found) == 1, f"no single migration named {name}: {found}"
     return found[0]
 
 
 def before(revision: str) -> str:
     """The revision ``revision`` follows."""
-    from alembic.script import ScriptDirectory
-
-    from loyalty.migrate import alembic_config
-
-    down = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision).down_revision
+    down = _migrations().get_revision(revision).down_revision
     assert isinstance(down, str)
     return down
 
 
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    from loyalty.migrate import alembic_config
-
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    head = _migrations().get_current_head()
     assert head is not None
     return head

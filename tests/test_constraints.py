@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 
 from loyalty import migrate
 from loyalty.accrual import importer
@@ -28,14 +27,14 @@ from loyalty.ledger import verify
 from loyalty.ledger.models import holds, journal_entries, member_accounts, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
-from loyalty.migrate import alembic_config, upgrade
+from loyalty.migrate import upgrade
 from loyalty.records.models import transactions
 from loyalty.redemption.jobs import settle
 from loyalty.redemption.models import redemptions
 from loyalty.runtime import Runtime
 from rules import Award
 from tests.conftest import TEST_SECRET_KEY
-from tests.helpers import head_revision, revision_named, txn
+from tests.helpers import before, head_revision, revision_named, txn
 
 #: The revision that adds the constraints.
 REVISION = revision_named("constraints_and_webhook_secrets")
@@ -267,10 +266,7 @@ def test_a_voucher_codes_state_matches_its_redemption(runtime, ledger_rows, valu
 
 def previous_revision() -> str:
     """The revision the constraints follow (``down_revision``, whatever the branch it was merged onto)."""
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    down = script.get_revision(REVISION).down_revision
-    assert isinstance(down, str)
-    return down
+    return before(REVISION)
 
 
 def downgrade(rt: Runtime, revision: str) -> None:
