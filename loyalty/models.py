@@ -6,7 +6,14 @@ from loyalty.auth.models import admin_users, api_keys, sign_in_attempts
 from loyalty.catalogue.models import benefit_versions, benefits, voucher_codes
 from loyalty.db import metadata
 from loyalty.events.models import events, webhook_deliveries, webhook_subscriptions
-from loyalty.finance.models import daily_balances, daily_balances_state, frozen_reports, valuation_settings
+from loyalty.finance.models import (
+    daily_balances,
+    daily_balances_state,
+    frozen_reports,
+    member_lot_snapshots,
+    member_snapshots,
+    valuation_settings,
+)
 from loyalty.finance.reconciliation.models import reconciliation_lines, reconciliations
 from loyalty.idempotency import idempotency_keys
 from loyalty.jobs.models import job_runs
@@ -63,6 +70,8 @@ __all__ = [
     "adjustments",
     "daily_balances",
     "daily_balances_state",
+    "member_snapshots",
+    "member_lot_snapshots",
     "redemption_refusals",
     "benefit_rollups",
     "tier_rollups",

@@ -1,11 +1,13 @@
-"""Daily balances: the roll-forward, the trial balance and the outstanding points read from the roll-up
-equal the same reports summed straight from the postings, before the ``balances`` job ran, after it
-ran, after a re-run, with postings on the current day, late business landing in the open period, a
-posting stamped inside a day already rolled up, and report spans that cut days in two."""
+"""Daily balances and member snapshots: the roll-forward, the trial balance, the outstanding points
+and the liability read from the roll-up and the snapshots equal the same reports read straight from
+the ledger, before the ``balances`` job ran, after it ran, after a re-run, with postings on the
+current day, late business landing in the open period, a posting stamped inside a day already rolled
+up, and report spans that cut days in two."""
 
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -13,8 +15,8 @@ import sqlalchemy as sa
 
 from loyalty import calendar
 from loyalty.db import transaction
-from loyalty.finance import balances, reports
-from loyalty.finance.models import daily_balances, daily_balances_state
+from loyalty.finance import balances, liability, reports, snapshots
+from loyalty.finance.models import daily_balances, daily_balances_state, member_lot_snapshots, member_snapshots
 from loyalty.jobs.runner import run_job
 from loyalty.ledger.models import postings
 from loyalty.members import adjustments
@@ -25,26 +27,32 @@ from tests.test_ledger import Books
 REDEEMED = "redeemed:unspecified"
 
 
+def _reports(conn: Any, spans: list[tuple[dt.datetime, dt.datetime]]) -> list[Any]:
+    out: list[Any] = []
+    for start, end in spans:
+        out.append(reports.rollforward(conn, start=start, end=end))
+        out.append(reports.trial_balance(conn, end=end))
+        out.append(reports.outstanding(conn, end=start))
+        last_day = calendar.local_date(end - dt.timedelta(microseconds=1), BANK_ZONE)
+        out.append(liability.liability(conn, as_of=last_day, zone=BANK_ZONE, default_point_value=Decimal(1)))
+    return out
+
+
 def figures(rt: Runtime, spans: list[tuple[dt.datetime, dt.datetime]]) -> list[Any]:
     with transaction(rt.engine, readonly=True) as conn:
-        out: list[Any] = []
-        for start, end in spans:
-            out.append(reports.rollforward(conn, start=start, end=end))
-            out.append(reports.trial_balance(conn, end=end))
-            out.append(reports.outstanding(conn, end=start))
-        return out
+        return _reports(conn, spans)
 
 
 def from_postings(rt: Runtime, spans: list[tuple[dt.datetime, dt.datetime]]) -> list[Any]:
-    """The same reports with no roll-up at all: the state row hidden in a transaction rolled back."""
+    """The same reports with no roll-up and no snapshot at all: the state row and the snapshots
+    deleted in a transaction rolled back."""
     with rt.engine.connect() as conn, conn.begin():
         conn.execute(sa.delete(daily_balances_state))
-        out: list[Any] = []
+        snapshots.forget(conn)
         for start, end in spans:
             assert balances.split(conn, start, end).days is None
-            out.append(reports.rollforward(conn, start=start, end=end))
-            out.append(reports.trial_balance(conn, end=end))
-            out.append(reports.outstanding(conn, end=start))
+            assert snapshots.latest(conn, end) is None
+        out = _reports(conn, spans)
         conn.rollback()
     return out
 
@@ -100,6 +108,12 @@ def test_reports_from_the_roll_up_equal_reports_from_the_postings_at_every_step(
             sa.select(sa.func.count()).where(postings.c.posted_at < calendar.day(clock.now, BANK_ZONE).start)
         ).scalar_one()
     assert rolled == before_today
+    # a snapshot at the end of the month the history crossed, one row per member, and points owed
+    month_end = calendar.month(first, BANK_ZONE).end
+    with transaction(runtime.engine, readonly=True) as conn:
+        assert snapshots.latest(conn, clock.now) == month_end
+        assert conn.execute(sa.select(sa.func.count()).select_from(member_snapshots)).scalar_one() == 2
+        assert conn.execute(sa.select(sa.func.sum(member_lot_snapshots.c.points))).scalar_one() > 0
     assert figures(runtime, span_list) == expected
 
     again = run_job(runtime, "balances", clock.now)

@@ -28,6 +28,8 @@ MEMBER_SCOPED = {
     "adjustments",
     "redemption_refusals",
     "member_feedback",
+    "member_snapshots",
+    "member_lot_snapshots",
 }
 #: Tables that are not member-scoped, and why.
 NOT_MEMBER_SCOPED = {

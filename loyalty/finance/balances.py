@@ -7,6 +7,9 @@ The ``balances`` job sums the postings of every local day that has ended into
 part way is carried on by the next, and running it again changes nothing. The booking path
 never writes these tables.
 
+It also takes a member snapshot (:mod:`loyalty.finance.snapshots`) at the end of each local month
+of the last :data:`SNAPSHOT_DAYS` it rolled up, each in a transaction of its own.
+
 Reports split any span of posting dates (:func:`split`) into whole days rolled up, read from the
 roll-up, and the rest (the days after the last one rolled up, today among them, and the partial
 days at the span's ends), read from the postings. So a report is exact whether the job has run or
@@ -28,6 +31,7 @@ from sqlalchemy.engine import Connection
 
 from loyalty import calendar
 from loyalty.db import is_postgres, transaction
+from loyalty.finance import snapshots
 from loyalty.finance.models import daily_balances, daily_balances_state
 from loyalty.ledger.models import journal_entries, postings
 from loyalty.runtime import Outcome, Runtime
@@ -38,6 +42,10 @@ SETTLE = dt.timedelta(minutes=30)
 REROLL_DAYS = 2
 #: Days rolled up per transaction.
 CHUNK_DAYS = 31
+#: How far back from the last day rolled up a month's end gets a member snapshot
+#: (:mod:`loyalty.finance.snapshots`): the months finance has yet to close. Older months are closed
+#: and served as stored, or read from the ledger.
+SNAPSHOT_DAYS = 92
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ def run(rt: Runtime, as_of: dt.datetime) -> Outcome:
         if done is not None and done[0].key != zone.key:
             conn.execute(sa.delete(daily_balances))
             conn.execute(sa.delete(daily_balances_state))
+            snapshots.forget(conn)
             done = None
         if done is not None:
             first = done[1] - dt.timedelta(days=REROLL_DAYS - 1)
@@ -158,4 +167,22 @@ def run(rt: Runtime, as_of: dt.datetime) -> Outcome:
         day = last + dt.timedelta(days=1)
     if first > through:
         return Outcome(detail=f"nothing to roll up: days to {through.isoformat()} are done")
-    return Outcome(rows=rows, detail=f"{first.isoformat()} to {through.isoformat()} rolled up ({zone.key})")
+    taken = []
+    for month_end in month_ends(max(first, through - dt.timedelta(days=SNAPSHOT_DAYS)), through):
+        with transaction(rt.engine) as conn:
+            rows += snapshots.take(conn, calendar.day_of(month_end, zone).end)
+        taken.append(month_end.isoformat())
+    detail = f"{first.isoformat()} to {through.isoformat()} rolled up ({zone.key})"
+    return Outcome(rows=rows, detail=detail + (f"; member snapshots at the end of {', '.join(taken)}" if taken else ""))
+
+
+def month_ends(first: dt.date, last: dt.date) -> list[dt.date]:
+    """The last days of months from ``first`` to ``last`` (inclusive)."""
+    out, day = [], first
+    while day <= last:
+        following = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        end = following - dt.timedelta(days=1)
+        if end <= last:
+            out.append(end)
+        day = following
+    return out

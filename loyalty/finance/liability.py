@@ -25,40 +25,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty import calendar
-from loyalty.finance import breakage, reports, settings
-from loyalty.ledger.models import holds, journal_entries, lot_consumptions, point_lots
+from loyalty.finance import breakage, reports, settings, snapshots
 from loyalty.tiers.models import tier_changes
 
 UNKNOWN_TIER = "unknown"
-
-
-def owed_by_member_and_funding(conn: Connection, *, end: dt.datetime) -> dict[tuple[str, str], int]:
-    """Points owed at ``end`` by (member, funding source): what the lots earned before it hold then,
-    plus what holds pending then took from them."""
-    pl, lc, je, h = point_lots.c, lot_consumptions.c, journal_entries.c, holds.c
-    owed: dict[tuple[str, str], int] = defaultdict(int)
-    earned = (
-        sa.select(pl.member_id, pl.funding_source, sa.func.sum(pl.original).label("points"))
-        .join(journal_entries, sa.and_(je.member_id == pl.member_id, je.id == pl.entry_id))
-        .where(je.posted_at < end)
-        .group_by(pl.member_id, pl.funding_source)
-    )
-    for r in conn.execute(earned):
-        owed[(r.member_id, r.funding_source)] += int(r.points)
-    pending_hold = sa.and_(h.created_at < end, sa.or_(h.resolved_at.is_(None), h.resolved_at >= end))
-    taken = (
-        sa.select(pl.member_id, pl.funding_source, sa.func.sum(lc.points).label("points"))
-        .select_from(
-            lot_consumptions.join(journal_entries, sa.and_(je.member_id == lc.member_id, je.id == lc.entry_id))
-            .join(point_lots, sa.and_(pl.member_id == lc.member_id, pl.id == lc.lot_id))
-            .outerjoin(holds, sa.and_(h.member_id == je.member_id, h.hold_entry_id == je.id))
-        )
-        .where(je.posted_at < end, sa.not_(sa.and_(je.kind == "hold", pending_hold)))
-        .group_by(pl.member_id, pl.funding_source)
-    )
-    for r in conn.execute(taken):
-        owed[(r.member_id, r.funding_source)] -= int(r.points)
-    return {k: v for k, v in owed.items() if v}
 
 
 def tiers_at(conn: Connection, *, end: dt.datetime) -> dict[str, str]:
@@ -85,7 +55,7 @@ def value_fen(points: int, point_value: Decimal, rate: Decimal) -> int:
 def liability(conn: Connection, *, as_of: dt.date, zone: dt.tzinfo, default_point_value: Decimal) -> dict[str, Any]:
     """The liability at the end of local day ``as_of``, by funding source and by tier, with its inputs."""
     end = calendar.day_of(as_of, zone).end
-    owed = owed_by_member_and_funding(conn, end=end)
+    owed = snapshots.owed_at(conn, end)
     tier_of = tiers_at(conn, end=end)
     valuation = settings.in_force(conn, as_of)
     estimates: list[str | None] = []
@@ -165,16 +135,4 @@ def liability(conn: Connection, *, as_of: dt.date, zone: dt.tzinfo, default_poin
 def debt_at(conn: Connection, *, end: dt.datetime) -> int:
     """Points members owe back at ``end``: the sum of the balances below zero after each member's
     last entry before it."""
-    je = journal_entries.c
-    last = (
-        sa.select(je.member_id, sa.func.max(je.seq).label("seq"))
-        .where(je.posted_at < end)
-        .group_by(je.member_id)
-        .subquery()
-    )
-    total = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(-je.balance_after), 0))
-        .join(last, sa.and_(last.c.member_id == je.member_id, last.c.seq == je.seq))
-        .where(je.balance_after < 0)
-    ).scalar_one()
-    return int(total)
+    return sum(-f.balance for f in snapshots.members_at(conn, end).values() if f.balance < 0)

@@ -66,3 +66,31 @@ daily_balances_state = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.CheckConstraint("id = 1", name="one_row"),
 )
+
+#: Each member's figures at the end of a local month, as the ``balances`` job found them (the
+#: instant ``at`` is the start of the next month in the zone of :data:`daily_balances_state`):
+#: ``balance``, the balance after their last entry before ``at``; ``held``, their holds pending then;
+#: ``posted``, the sum of their postings to the outstanding accounts before ``at``. The roll-forward's
+#: tie-out reads the latest snapshot at or before its end and the postings after it; like the daily
+#: balances, a cache the ledger can always rebuild.
+member_snapshots = sa.Table(
+    "member_snapshots",
+    metadata,
+    sa.Column("at", UTCDateTime, primary_key=True),
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("held", sa.BigInteger, nullable=False),
+    sa.Column("posted", sa.BigInteger, nullable=False),
+)
+
+#: Each member's points owed at the end of a local month by funding source (what their lots earned
+#: before ``at`` hold then, plus what holds pending then took from them): what the liability at a
+#: month's end reads instead of every lot. Rows with no points are left out.
+member_lot_snapshots = sa.Table(
+    "member_lot_snapshots",
+    metadata,
+    sa.Column("at", UTCDateTime, primary_key=True),
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("funding_source", sa.String(64), primary_key=True),
+    sa.Column("points", sa.BigInteger, nullable=False),
+)

@@ -17,12 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty.calendar import iso
-from loyalty.finance import balances
+from loyalty.finance import balances, snapshots
 from loyalty.finance.models import daily_balances
-from loyalty.ledger.models import accounts, holds, journal_entries, postings
+from loyalty.ledger.models import accounts, journal_entries, postings
 
-#: The accounts whose balances the bank owes its members.
-OUTSTANDING = ("member", "holds")
+OUTSTANDING = snapshots.OUTSTANDING
 
 
 def trial_balance(conn: Connection, *, end: dt.datetime) -> dict[str, Any]:
@@ -136,32 +135,11 @@ def rollforward(conn: Connection, *, start: dt.datetime, end: dt.datetime) -> di
 def _members_at(conn: Connection, end: dt.datetime) -> tuple[int, list[dict[str, Any]]]:
     """The sum over members of what they owned at ``end`` (their balance after their last entry
     before it, plus their holds pending then), read from the entries and the holds, not the
-    postings; and each member whose postings say otherwise."""
-    je, h, p = journal_entries.c, holds.c, postings.c
-    last = (
-        sa.select(je.member_id, sa.func.max(je.seq).label("seq"))
-        .where(je.posted_at < end)
-        .group_by(je.member_id)
-        .subquery()
-    )
-    balances = sa.select(je.member_id, je.balance_after.label("amount")).join(
-        last, sa.and_(last.c.member_id == je.member_id, last.c.seq == je.seq)
-    )
-    pending = sa.select(h.member_id, h.points.label("amount")).where(
-        h.created_at < end, sa.or_(h.resolved_at.is_(None), h.resolved_at >= end)
-    )
-    owned = sa.union_all(balances, pending).subquery()
-    by_member = sa.select(owned.c.member_id, sa.func.sum(owned.c.amount).label("owned")).group_by(owned.c.member_id)
-    posted = (
-        sa.select(p.member_id, sa.func.sum(p.amount).label("posted"))
-        .where(p.account.in_(OUTSTANDING), p.posted_at < end)
-        .group_by(p.member_id)
-    )
-    owned_rows = {r.member_id: int(r.owned) for r in conn.execute(by_member)}
-    posted_rows = {r.member_id: int(r.posted) for r in conn.execute(posted)}
+    postings; and each member whose postings say otherwise (:func:`snapshots.members_at`)."""
+    figures = snapshots.members_at(conn, end)
     differences = [
-        {"member_id": m, "balance": owned_rows.get(m, 0), "postings": posted_rows.get(m, 0)}
-        for m in sorted(set(owned_rows) | set(posted_rows))
-        if owned_rows.get(m, 0) != posted_rows.get(m, 0)
+        {"member_id": m, "balance": f.owned, "postings": f.posted}
+        for m, f in sorted(figures.items())
+        if f.owned != f.posted
     ]
-    return sum(owned_rows.values()), differences
+    return sum(f.owned for f in figures.values()), differences
