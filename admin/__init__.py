@@ -30,6 +30,7 @@ def mount(app: Flask) -> Flask:
         finance,
         members,
         operations,
+        override_requests,
         programmes,
     )
 

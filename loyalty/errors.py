@@ -163,7 +163,7 @@ class RequestHeadersTooLarge(LoyaltyError):
 
 
 class FourEyes(LoyaltyError):
-    """The principal deciding a manual adjustment is the one who requested it."""
+    """The principal deciding a manual adjustment or a tier override request is the one who requested it."""
 
     status = 403
     code = "four_eyes"
@@ -175,6 +175,13 @@ class AdjustmentNotPending(Conflict):
 
     code = "adjustment_not_pending"
     title = "Adjustment already decided"
+
+
+class OverrideRequestNotPending(Conflict):
+    """A tier override request was already approved or rejected."""
+
+    code = "override_request_not_pending"
+    title = "Override request already decided"
 
 
 class DatabaseUnavailable(LoyaltyError):

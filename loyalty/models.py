@@ -31,7 +31,7 @@ from loyalty.members.models import adjustments
 from loyalty.programmes.models import programme_versions
 from loyalty.records.models import member_profiles, members, reversals, transactions
 from loyalty.redemption.models import redemption_refusals, redemptions
-from loyalty.tiers.models import lifecycle_changes, tier_changes
+from loyalty.tiers.models import lifecycle_changes, tier_changes, tier_override_requests
 
 __all__ = [
     "metadata",
@@ -77,4 +77,5 @@ __all__ = [
     "tier_rollups",
     "feedback",
     "advice_decisions",
+    "tier_override_requests",
 ]

@@ -36,6 +36,7 @@ USERS = {
     "rul": "rules",
     "fin": "finance",
     "sup": "support",
+    "sup2": "support",
     "aud": "auditor",
     "locked": "auditor",
 }

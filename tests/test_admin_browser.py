@@ -262,6 +262,100 @@ def test_a_manual_adjustment_needs_a_second_person_and_posts_once(site: b.Site, 
     assert steps == [("adjustment.approved", "fin"), ("adjustment.requested", "admin")]
 
 
+def bank_time(days: int) -> str:
+    """A ``datetime-local`` value ``days`` from now in the bank's time (UTC+8)."""
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    return when.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%dT%H:%M")
+
+
+def test_a_tier_override_asked_for_by_support_needs_a_second_person_and_applies_once(site: b.Site, page: Any) -> None:
+    member = unique("m")
+    enrol_with_points(site, member)
+    before = site.api("GET", f"/v1/members/{member}").json()["tier"]
+    assert (before["code"], before["override"]) == ("basic", None)
+    b.sign_in(page, site, "sup")
+    page.wait_for_url("**/admin/")
+    page.goto(f"{site.url}/admin/members/{member}")
+    assert page.locator("#save-override").count() == 0  # support asks; only an administrator sets at once
+    page.select_option("#f-tier", "hnw")
+    page.fill("#f-until", bank_time(90))
+    page.fill("#f-reason", "private banking referral")
+    page.click("#request-override")
+    page.wait_for_url(f"**/admin/members/{member}")
+    row = page.locator("#override-requests tbody tr").first
+    assert "pending" in row.inner_text() and "hnw" in row.inner_text()
+    request_id = row.get_attribute("data-override-request")
+    assert request_id
+    assert page.locator("#tier").inner_text() == "basic"  # nothing set yet
+    assert site.api("GET", f"/v1/members/{member}").json()["tier"]["override"] is None
+    # nor may support set it at once by a forged post
+    forged = page.request.post(
+        f"{site.url}/admin/members/{member}/tier-override",
+        form={"csrf_token": b.csrf_token(page), "tier": "hnw", "until": bank_time(90), "reason": "x"},
+        max_redirects=0,
+    )
+    assert forged.status == 403
+
+    page.goto(f"{site.url}/admin/tier-overrides")
+    pending = page.locator(f"#pending tr[data-override-request='{request_id}']")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        pending.locator("button.approve").click()
+    assert answer.value.status == 403  # four eyes: the one who asked cannot approve
+    pending = page.locator(f"#pending tr[data-override-request='{request_id}']")
+    assert "another person must approve or reject it" in pending.locator(".error").inner_text()
+    assert site.api("GET", f"/v1/members/{member}").json()["tier"]["code"] == "basic"
+
+    # roles without the page cannot decide at all: the server refuses a forged post
+    for user in ("fin", "aud"):
+        page.context.clear_cookies()
+        b.sign_in(page, site, user)
+        page.wait_for_url("**/admin/")
+        response = page.request.post(
+            f"{site.url}/admin/tier-overrides/{request_id}/approve",
+            form={"csrf_token": b.csrf_token(page)},
+            max_redirects=0,
+        )
+        assert response.status == 403, user
+
+    page.context.clear_cookies()
+    b.sign_in(page, site, "sup2")
+    page.wait_for_url("**/admin/")
+    page.goto(f"{site.url}/admin/tier-overrides")
+    pending = page.locator(f"#pending tr[data-override-request='{request_id}']")
+    pending.locator("input[name=note]").fill("referral confirmed by the branch")
+    pending.locator("button.approve").click()
+    page.wait_for_url("**/admin/tier-overrides")
+    assert page.locator(f"#pending tr[data-override-request='{request_id}']").count() == 0
+    decided = page.locator(f"#decided tr[data-override-request='{request_id}']").inner_text()
+    assert "approved" in decided and "sup2" in decided
+    again = page.request.post(  # a stale page, a double click: nothing more happens
+        f"{site.url}/admin/tier-overrides/{request_id}/approve",
+        form={"csrf_token": b.csrf_token(page)},
+        max_redirects=0,
+    )
+    assert again.status == 409
+
+    tier = site.api("GET", f"/v1/members/{member}").json()["tier"]
+    assert (tier["code"], tier["override"]["tier"], tier["override"]["reason"]) == (
+        "hnw",
+        "hnw",
+        "private banking referral",
+    )
+    history = site.api("GET", f"/v1/members/{member}/history").json()["tiers"]
+    assert [(c["from"], c["to"], c["source"]) for c in history if c["source"] == "override"] == [
+        ("basic", "hnw", "override")
+    ]  # once
+    page.goto(f"{site.url}/admin/members/{member}")
+    assert page.locator("#tier").inner_text() == "hnw"
+    lines = site.api(
+        "GET", "/v1/audit", params={"object_type": "tier_override_request", "object_id": request_id}
+    ).json()
+    steps = sorted((line["action"], line["actor"]) for line in lines["entries"])
+    assert steps == [("tier_override_request.approved", "sup2"), ("tier_override_request.requested", "sup")]
+    overrides = site.api("GET", "/v1/audit", params={"object_type": "member", "object_id": member}).json()
+    assert [(line["action"], line["actor"]) for line in overrides["entries"]] == [("tier.override", "sup2")]
+
+
 def test_a_rule_change_is_drafted_simulated_and_published(site: b.Site, page: Any) -> None:
     b.sign_in(page, site, "rul")
     page.goto(f"{site.url}/admin/rules")
@@ -355,6 +449,8 @@ FORBIDDEN_PAGES = [
     ("fin", "/admin/operations"),
     ("rul", "/admin/operations/audit"),
     ("sup", "/admin/adjustments"),
+    ("fin", "/admin/tier-overrides"),
+    ("cat", "/admin/tier-overrides"),
     ("rul", "/admin/analytics"),
     ("sup", "/admin/analytics"),
 ]
@@ -476,8 +572,9 @@ def test_bad_input_on_the_member_page_shows_beside_the_field(site: b.Site, page:
     page.wait_for_url("**/admin/")
     page.goto(f"{site.url}/admin/members/{member}")
     page.fill("#f-until", "2030-01-01T00:00")
-    page.click("#save-override")
+    page.click("#request-override")
     assert "1 to 500 characters" in b.error_beside(page, "reason")
+    assert page.locator("#override-requests tr[data-override-request]").count() == 0  # nothing asked for
     assert site.api("GET", f"/v1/members/{member}").json()["tier"]["override"] is None
 
 
@@ -501,6 +598,7 @@ PAGES = [
     "/admin/operations/users",
     "/admin/operations/audit",
     "/admin/adjustments",
+    "/admin/tier-overrides",
     "/admin/analytics",
     "/admin/analytics/explain?metric=members",
 ]
@@ -513,6 +611,13 @@ def test_every_page_in_both_languages_at_two_widths_is_captured(site: b.Site, ch
         "POST",
         f"/v1/members/{member}/adjustments",
         json={"points": -300, "reason": "a duplicated goodwill credit"},
+        headers={"Idempotency-Key": unique("k")},
+    )
+    assert asked.status_code == 201, asked.text
+    asked = site.api(  # and a pending tier override request, for the Tier overrides page
+        "POST",
+        f"/v1/members/{member}/tier-override-requests",
+        json={"tier": "potential", "until": "2099-01-01T00:00:00+08:00", "reason": "a relationship manager's request"},
         headers={"Idempotency-Key": unique("k")},
     )
     assert asked.status_code == 201, asked.text

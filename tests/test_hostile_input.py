@@ -351,6 +351,7 @@ ENDPOINTS = {
     "profile": Endpoint("PUT", "/v1/members/{}/profile", "m1", PROFILE, top(*PROFILE)),
     "tier override": Endpoint("PUT", "/v1/members/{}/tier-override", "m1", OVERRIDE, top(*OVERRIDE)),
     "end tier override": Endpoint("DELETE", "/v1/members/{}/tier-override", "m1", keyed=False),
+    "tier override request": Endpoint("POST", "/v1/members/{}/tier-override-requests", "m1", OVERRIDE, top(*OVERRIDE)),
     "transaction": Endpoint("POST", "/v1/transactions", body=TRANSACTION, fields=top(*TRANSACTION)),
     "batch": Endpoint(
         "POST", "/v1/transactions/batch", body={"transactions": [TRANSACTION]},

@@ -26,6 +26,7 @@ MEMBER_SCOPED = {
     "lifecycle_changes",
     "redemptions",
     "adjustments",
+    "tier_override_requests",
     "redemption_refusals",
     "member_feedback",
     "member_snapshots",

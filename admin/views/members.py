@@ -1,9 +1,12 @@
 """Members: look-up by id; balance, held and available points, lots and their expiry, the statement,
-tier and lifecycle history, redemptions (cancel where allowed), the profile, a tier override, and
-manual adjustments (:mod:`admin.views.adjustments`)."""
+tier and lifecycle history, redemptions (cancel where allowed), the profile, a tier override (asked
+for by support and decided by another person, :mod:`admin.views.override_requests`; set or ended at
+once by an administrator, as the API's ``admin`` scope does), and manual adjustments
+(:mod:`admin.views.adjustments`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import redirect, render_template, request, url_for
@@ -15,6 +18,7 @@ from loyalty.errors import LoyaltyError, MemberNotFound, ValidationError
 from loyalty.members import adjustments, profiles
 from loyalty.members import service as members
 from loyalty.redemption import service as redemptions
+from loyalty.tiers import override_requests
 from loyalty.tiers import service as tiers
 
 
@@ -43,6 +47,7 @@ def member_page(member_id: str, errors: dict[str, list[str]] | None = None, stat
                 "redemptions": redemptions.member_redemptions(conn, member_id, now=now),
                 "profile": profiles.get_profile(conn, member_id),
                 "adjustments": adjustments.list_(conn, member_id=member_id),
+                "override_requests": override_requests.list_(conn, member_id=member_id),
             }
     except MemberNotFound:
         return render_template("admin/member_lookup.html", missing=member_id), 404
@@ -70,24 +75,30 @@ def cancel_redemption(member_id: str, redemption_id: str) -> Any:
     return redirect(url_for("admin.member", member_id=member_id))
 
 
+def override_form() -> tuple[str, dt.datetime, str]:
+    """The tier override form's tier, end (UTC) and reason; the end and reason are required here,
+    the tier and the end's being ahead are checked by the service."""
+    form = request.form
+    until = local_moment(form.get("until"), "until")
+    if until is None:
+        raise ValidationError.one("until", "choose the day the override ends")
+    reason = (form.get("reason") or "").strip()
+    if not 1 <= len(reason) <= 500:
+        raise ValidationError.one("reason", "say why, in 1 to 500 characters")
+    return form.get("tier", ""), until, reason
+
+
 @bp.post("/members/<member_id>/tier-override")
-@roles("support")
+@roles("admin")
 def tier_override(member_id: str) -> Any:
     rt = runtime()
-    form = request.form
     try:
-        if not form.get("until"):
-            raise ValidationError.one("until", "choose the day the override ends")
-        until = local_moment(form.get("until"), "until")
-        reason = (form.get("reason") or "").strip()
-        if not 1 <= len(reason) <= 500:
-            raise ValidationError.one("reason", "say why, in 1 to 500 characters")
-        assert until is not None
+        tier, until, reason = override_form()
         with transaction(rt.engine) as conn:
             tiers.set_override(
                 conn,
                 member_id,
-                tier=form.get("tier", ""),
+                tier=tier,
                 until=until,
                 reason=reason,
                 actor=actor(),
@@ -102,7 +113,7 @@ def tier_override(member_id: str) -> Any:
 
 
 @bp.post("/members/<member_id>/tier-override/end")
-@roles("support")
+@roles("admin")
 def end_override(member_id: str) -> Any:
     rt = runtime()
     with transaction(rt.engine) as conn:
