@@ -1,7 +1,7 @@
 """tier override requests
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-06 02:10:00
 
 ``tier_override_requests``: requests to pin a member's tier until a date, asked for by one
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
