@@ -127,7 +127,7 @@ def patch_facts() -> None:
 #: so that the accrual's rows can be computed before writing, and EXISTS instead of count() for
 #: "first of its type" (count() reads the member's whole history).
 LOCK_AND_READ = """
-SELECT m.birth_date, m.enrolled_at, a.balance, a.entry_seq,
+SELECT m.birth_date, m.enrolled_at, a.balance, a.entry_seq, a.chain_head,
        (SELECT count(*) FROM transactions t
          WHERE t.member_id = :member AND t.occurred_at >= :month0 AND t.occurred_at < :month1) AS month_count,
        EXISTS (SELECT 1 FROM transactions t WHERE t.member_id = :member AND t.type = :type) AS had_type,
@@ -146,13 +146,15 @@ WITH claim AS (
     ON CONFLICT DO NOTHING
     RETURNING key
 ), acct AS (
-    UPDATE member_accounts SET balance = :balance, entry_seq = :seq, last_activity_at = :now
+    UPDATE member_accounts SET balance = :balance, entry_seq = :seq, chain_head = :head, last_activity_at = :now
      WHERE member_id = :member AND EXISTS (SELECT 1 FROM claim)
     RETURNING member_id
 ), entry AS (
     INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after,
-                                 transaction_id, programme_version, posted_at)
-    SELECT :member, CAST(:entry AS uuid), :seq, 'accrual', :tid, :points, :balance, :tid, :version, :now FROM acct
+                                 transaction_id, programme_version, posted_at, occurred_at, chain_hash)
+    SELECT :member, CAST(:entry AS uuid), :seq, 'accrual', :tid, :points, :balance, :tid, :version, :now,
+           :occurred, :head
+      FROM acct
 ), lines AS (
     INSERT INTO postings (member_id, entry_id, line, account, amount, rule_id, posted_at)
     SELECT :member, CAST(:entry AS uuid), u.line, u.account, u.amount, u.rule_id, :now
@@ -236,6 +238,7 @@ def patch_onestmt() -> None:
             entry_id=entry_id,
             seq=seq,
             balance_after=balance,
+            prev_hash=row.chain_head,
             kind="accrual",
             source_ref=cmd.transaction_id,
             earned_at=moment,
@@ -255,6 +258,7 @@ def patch_onestmt() -> None:
                 "now": now,
                 "balance": balance,
                 "seq": seq,
+                "head": built.entry["chain_hash"],
                 "points": total,
                 "version": programme.version,
                 "type": cmd.type,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -55,6 +56,19 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         return value.astimezone(dt.UTC)
 
 
+def chain_link(prev: bytes | None, digest: bytes, seq: int, balance_after: int) -> bytes:
+    """One link of the journal's hash chain (:mod:`loyalty.ledger.chain`): SHA-256 over the hash
+    before it (nothing before a member's first entry), an entry's digest, and its ``seq`` and
+    ``balance_after`` as 8-byte big-endian signed integers. SQLite gets it as the SQL function
+    ``chain_link`` on every connection; PostgreSQL computes the same with its own ``sha256``."""
+    return hashlib.sha256(
+        bytes(prev or b"")
+        + digest
+        + seq.to_bytes(8, "big", signed=True)
+        + balance_after.to_bytes(8, "big", signed=True)
+    ).digest()
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -87,6 +101,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            dbapi_conn.create_function("chain_link", 4, chain_link, deterministic=True)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]

@@ -178,13 +178,12 @@ def test_the_previous_releases_write_order_is_checked_at_commit(runtime, ledger_
         entry, lines = ledger.entry_rows(  # ... then that entry
             member_id="m1",
             entry_id=entry_id,
-            seq=seq,
             kind="void",
             source_ref="h1",
             lines=[ledger.Line("holds", -100), ledger.Line("member", 100)],
-            balance_after=balance,
             now=now,
         )
+        entry.update(seq=seq, balance_after=balance)
         conn.execute(journal_entries.insert(), entry)
         conn.execute(postings.insert(), lines)
     with transaction(runtime.engine, readonly=True) as conn:

@@ -62,7 +62,8 @@ def build(conn: Any, n: int) -> list[str]:
 
 
 def snapshot(conn: Any) -> dict[str, Any]:
-    """Every ledger row, an entry's id replaced by its member and seq (new ones are random)."""
+    """Every ledger row, an entry's id replaced by its member and seq (new ones are random), and
+    so its hash, and the chain heads, by whether there is one (``verify`` recomputes them)."""
     je = journal_entries.c
     seq = {(r.member_id, r.id): r.seq for r in conn.execute(sa.select(je.member_id, je.id, je.seq))}
 
@@ -70,6 +71,9 @@ def snapshot(conn: Any) -> dict[str, Any]:
         out = []
         for r in conn.execute(sa.select(table)).mappings():
             row = dict(r)
+            for sealed in ("chain_hash", "chain_head"):
+                if sealed in row:
+                    row[sealed] = row[sealed] is not None
             if table is journal_entries:
                 row["id"] = row["seq"]
             elif "entry_id" in row:

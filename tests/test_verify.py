@@ -251,6 +251,17 @@ def refund_more_than_the_amount(conn: sa.Connection) -> None:
     conn.execute(sa.text("UPDATE reversals SET amount = amount + 12345 WHERE member_id = 'm1' AND reversal_id = 'r1'"))
 
 
+def relabel_a_posting_rule(conn: sa.Connection) -> None:
+    """Credit the purchase's points to another rule: every sum still agrees, only the chain sees it."""
+    conn.execute(
+        sa.text(
+            f"UPDATE postings SET rule_id = 'double-11' WHERE member_id = 'm1' AND account = 'member' "
+            f"AND entry_id = {ENTRY}"
+        ),
+        {"kind": "accrual", "ref": "t1"},
+    )
+
+
 def refund_more_points_than_earned(conn: sa.Connection) -> None:
     conn.execute(
         sa.text(
@@ -262,21 +273,22 @@ def refund_more_points_than_earned(conn: sa.Connection) -> None:
 
 #: (check named by the case, how to break it, every check that must then fail)
 BREAKAGES = [
-    ("entries_balance", unbalance_two_entries, {"entries_balance"}),
-    ("ledger_balances", edit_one_posting, {"entries_balance", "ledger_balances"}),
+    ("entries_balance", unbalance_two_entries, {"entries_balance", "hash_chain"}),
+    ("ledger_balances", edit_one_posting, {"entries_balance", "ledger_balances", "hash_chain"}),
     ("postings_have_entries", orphan_postings, {"postings_have_entries"}),
-    ("balance_equals_postings", credit_member_posting, {"balance_equals_postings"}),
+    ("balance_equals_postings", credit_member_posting, {"balance_equals_postings", "hash_chain"}),
     ("balance_equals_lots", grow_a_lot, {"balance_equals_lots"}),
     ("lots_equal_consumptions", inflate_a_lot_original, {"lots_equal_consumptions"}),
     ("held_equals_holds", grow_a_pending_hold, {"held_equals_holds"}),
-    ("spending_never_overdraws", relabel_negative_refund_as_hold, {"spending_never_overdraws"}),
-    ("statement_chain", edit_a_balance_after, {"statement_chain"}),
+    ("spending_never_overdraws", relabel_negative_refund_as_hold, {"spending_never_overdraws", "hash_chain"}),
+    ("statement_chain", edit_a_balance_after, {"statement_chain", "hash_chain"}),
     ("entry_count_matches_account", bump_entry_counter, {"entry_count_matches_account"}),
     ("idempotency_records_point_at_one_entry", record_naming_missing_entry, {"idempotency_records_point_at_one_entry"}),
     ("entries_have_one_idempotency_record", second_record_for_a_reversal, {"entries_have_one_idempotency_record"}),
     ("transactions_have_records", forget_a_transaction_record, {"transactions_have_records"}),
     ("refunds_within_earnings", refund_more_than_the_amount, {"refunds_within_earnings"}),
     ("refunds_within_earnings", refund_more_points_than_earned, {"refunds_within_earnings"}),
+    ("hash_chain", relabel_a_posting_rule, {"hash_chain"}),
 ]
 
 

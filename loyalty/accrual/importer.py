@@ -303,7 +303,7 @@ def _import_chunk(
         for r in rows.values():
             if not r.awards:
                 r.entry_id = None
-        versions = _book(conn, list(rows.values()), now)
+        versions = _book(conn, list(rows.values()), accounts, now)
         for member_id, version in versions.items():
             states[member_id].version = version
         _after_booking(conn, list(rows.values()), programme=rt.programme, now=now)
@@ -321,6 +321,8 @@ def _lock_members(conn: Connection, member_ids: set[str]) -> dict[str, sa.Row[An
             sa.select(
                 ma.member_id,
                 ma.entry_seq,
+                ma.balance,
+                ma.chain_head,
                 ma.last_activity_at,
                 m.birth_date,
                 m.enrolled_at,
@@ -424,27 +426,27 @@ def _existing_hashes(conn: Connection, keys: list[str]) -> dict[str, str]:
     return found
 
 
-def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str, tuple[int, Any]]:
+def _book(
+    conn: Connection, rows: Sequence[_Row], accounts: dict[str, sa.Row[Any]], now: dt.datetime
+) -> dict[str, tuple[int, Any]]:
     """Post every row: one balance update per member, then bulk inserts.
 
-    Returns each member's account version (entry counter, last activity) after."""
+    Each member's entries are numbered, balanced and sealed on its hash chain from its account as
+    :func:`_lock_members` read it (the lock keeps it so); the update moves the account to where
+    they leave it. Returns each member's account version (entry counter, last activity) after."""
     per_member: dict[str, list[_Row]] = defaultdict(list)
     for r in rows:
         per_member[r.cmd.member_id].append(r)
-    deltas = {
-        m: {"m": m, "delta": sum(a.points for r in rs for a in r.awards), "n": sum(1 for r in rs if r.awards)}
-        for m, rs in per_member.items()
-    }
-    state = _move_balances(conn, list(deltas.values()), now)
-    txn_rows, entries, posting_rows, lots, consumptions = [], [], [], [], []
+    entries, posting_rows, lots, consumptions = [], [], [], []
+    moves: list[dict[str, Any]] = []
+    #: each row's member account balance after it
+    after: dict[str, int] = {}
     for m, rs in per_member.items():
-        final_balance, held, final_seq = state[m]
-        balance = final_balance - int(deltas[m]["delta"])  # type: ignore[call-overload]
-        seq = final_seq - int(deltas[m]["n"])  # type: ignore[call-overload]
+        account = accounts[m]
+        balance, seq, head = int(account.balance), int(account.entry_seq), account.chain_head
         for r in rs:
-            points = sum(a.points for a in r.awards)
             if r.awards:
-                balance += points
+                balance += sum(a.points for a in r.awards)
                 seq += 1
                 built = accrual_rows(
                     m,
@@ -452,6 +454,7 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
                     entry_id=r.entry_id,  # type: ignore[arg-type]
                     seq=seq,
                     balance_after=balance,
+                    prev_hash=head,
                     kind="accrual",
                     source_ref=r.cmd.transaction_id,
                     earned_at=r.cmd.occurred_at,
@@ -460,24 +463,43 @@ def _book(conn: Connection, rows: Sequence[_Row], now: dt.datetime) -> dict[str,
                     transaction_id=r.cmd.transaction_id,
                     programme_version=r.programme.version,
                 )
+                head = built.entry["chain_hash"]
                 entries.append(built.entry)
                 posting_rows.extend(built.postings)
                 lots.extend(built.lots)
                 consumptions.extend(built.consumptions)
-            # The member account's balance leaves held points out; the transaction shows the member's.
-            r.balance = balance + held
-            txn_rows.append(
-                {
-                    **r.cmd.facts(),
-                    "points": points,
-                    "reversed_amount": 0,
-                    "reversed_points": 0,
-                    "entry_id": r.entry_id,
-                    "balance_after": r.balance,
-                    "programme_version": r.programme.version,
-                    "received_at": now,
-                }
-            )
+            after[r.cmd.transaction_id] = balance
+        moves.append(
+            {
+                "m": m,
+                "delta": balance - int(account.balance),
+                "n": seq - int(account.entry_seq),
+                "head": head,
+                "balance": balance,
+                "seq": seq,
+            }
+        )
+    state = _move_balances(conn, moves, now)
+    for move in moves:
+        balance, _held, seq = state[move["m"]]
+        if (balance, seq) != (move["balance"], move["seq"]):
+            raise RuntimeError(f"member {move['m']!r}'s account moved while this import held its lock")
+    txn_rows = []
+    for r in rows:
+        # The member account's balance leaves held points out; the transaction shows the member's.
+        r.balance = after[r.cmd.transaction_id] + state[r.cmd.member_id][1]
+        txn_rows.append(
+            {
+                **r.cmd.facts(),
+                "points": sum(a.points for a in r.awards),
+                "reversed_amount": 0,
+                "reversed_points": 0,
+                "entry_id": r.entry_id,
+                "balance_after": r.balance,
+                "programme_version": r.programme.version,
+                "received_at": now,
+            }
+        )
     if entries:
         check_open(conn, now)
     # Entries before the transactions that name them: the foreign key is checked row by row.
@@ -575,24 +597,27 @@ def _update_spans(conn: Connection, spans: dict[str, list[dt.datetime]]) -> None
 
 
 def _move_balances(conn: Connection, deltas: list[dict[str, Any]], now: dt.datetime) -> dict[str, tuple[int, int, int]]:
-    """Add each member's points and entry count in one statement; returns
+    """Add each member's points and entry count and set its chain head, in one statement; returns
     ``member -> (balance, held, entry_seq)`` after. The rows are locked already."""
     ma = member_accounts.c
     if is_postgres(conn):
         rows = _execute_values(
             conn,
             "UPDATE member_accounts AS a SET balance = a.balance + v.delta, entry_seq = a.entry_seq + v.n, "
-            "last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, at) "
+            "chain_head = v.head, last_activity_at = v.at FROM (VALUES %s) AS v(member_id, delta, n, head, at) "
             "WHERE a.member_id = v.member_id RETURNING a.member_id, a.balance, a.held, a.entry_seq",
-            [(d["m"], d["delta"], d["n"], now) for d in deltas],
-            "(%s, %s::bigint, %s::integer, %s::timestamptz)",
+            [(d["m"], d["delta"], d["n"], d["head"], now) for d in deltas],
+            "(%s, %s::bigint, %s::integer, %s::bytea, %s::timestamptz)",
         )
         return {m: (int(balance), int(held), int(seq)) for m, balance, held, seq in rows}
     conn.execute(
         sa.update(member_accounts)
         .where(ma.member_id == sa.bindparam("m"))
         .values(
-            balance=ma.balance + sa.bindparam("delta"), entry_seq=ma.entry_seq + sa.bindparam("n"), last_activity_at=now
+            balance=ma.balance + sa.bindparam("delta"),
+            entry_seq=ma.entry_seq + sa.bindparam("n"),
+            chain_head=sa.bindparam("head", type_=ma.chain_head.type),
+            last_activity_at=now,
         ),
         deltas,
     )
@@ -632,6 +657,8 @@ def _copy_value(value: Any) -> str:
         return "t" if value else "f"
     if kind is dt.datetime:
         return value.isoformat()  # type: ignore[no-any-return]
+    if kind is bytes:
+        return "\\\\x" + value.hex()  # bytea's hex form, its backslash escaped for COPY
     text = str(value)
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
         text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

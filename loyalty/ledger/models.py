@@ -39,6 +39,9 @@ member_accounts = sa.Table(
     #: number of entries posted for this member; gives each entry its ``seq``
     sa.Column("entry_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_activity_at", UTCDateTime),
+    #: the ``chain_hash`` of the member's last entry that has one (the head of its hash chain, see
+    #: :mod:`loyalty.ledger.chain`); NULL before the first
+    sa.Column("chain_head", sa.LargeBinary(32)),
     sa.CheckConstraint("held >= 0", name="held_not_negative"),
     sa.CheckConstraint("entry_seq >= 0", name="entry_seq_not_negative"),
 )
@@ -67,6 +70,10 @@ journal_entries = sa.Table(
     #: when what it posts occurred (the business date): a transaction's ``occurred_at``, a bonus's
     #: earning; NULL where it is the posting date
     sa.Column("occurred_at", UTCDateTime),
+    #: SHA-256 over the hash of the member's entry before it, this entry's digest (its content
+    #: and postings), its ``seq`` and ``balance_after`` (:mod:`loyalty.ledger.chain`); NULL on an
+    #: entry a release before the chain posted while the upgrade rolled out
+    sa.Column("chain_hash", sa.LargeBinary(32)),
     sa.UniqueConstraint("member_id", "seq"),
     sa.UniqueConstraint("member_id", "kind", "source_ref"),
     sa.ForeignKeyConstraint(["member_id"], ["member_accounts.member_id"]),

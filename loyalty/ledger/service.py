@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from loyalty import calendar
 from loyalty.db import UTCDateTime
 from loyalty.errors import HoldNotPending, InsufficientPoints, NotFound, PeriodClosed, UnknownMember
+from loyalty.ledger import chain
 from loyalty.ledger.lots import OpenLot, check_balanced, fifo_order, take
 from loyalty.ledger.models import (
     closed_periods,
@@ -94,8 +95,15 @@ def _bump_statement(covered: bool) -> sa.Update:
             held=ma.held + sa.bindparam("held_delta", type_=sa.BigInteger),
             entry_seq=ma.entry_seq + 1,
             last_activity_at=sa.func.coalesce(sa.bindparam("now", type_=ma.last_activity_at.type), ma.last_activity_at),
+            # SET expressions read the row as it was: the head before, the counter and balance before.
+            chain_head=chain.next_head(
+                ma.chain_head,
+                sa.bindparam("digest", type_=sa.LargeBinary),
+                ma.entry_seq + 1,
+                ma.balance + sa.bindparam("delta", type_=sa.BigInteger),
+            ),
         )
-        .returning(ma.balance, ma.held, ma.entry_seq)
+        .returning(ma.balance, ma.held, ma.entry_seq, ma.chain_head)
     )
     if covered:
         stmt = stmt.where(ma.balance >= sa.bindparam("cover", type_=sa.BigInteger))
@@ -117,17 +125,26 @@ def _bump_account(
     member_id: str,
     *,
     delta: int,
+    digest: bytes,
     held_delta: int = 0,
     now: dt.datetime | None = None,
     require_cover: int = 0,
-) -> tuple[int, int, int]:
-    """Move the member's stored balance by ``delta`` in one conditional UPDATE.
+) -> tuple[int, int, int, bytes]:
+    """Move the member's stored balance by ``delta`` and its chain by an entry of ``digest``
+    (:func:`chain.entry_digest`) in one conditional UPDATE.
 
     With ``require_cover`` the update only happens if the balance covers that
-    many points. Returns ``(balance_after, held_after, entry_seq)``; locks the row.
+    many points. Returns ``(balance_after, held_after, entry_seq, chain_head)``; locks the row.
     """
     ma = member_accounts.c
-    params = {"m": member_id, "delta": delta, "held_delta": held_delta, "now": now, "cover": require_cover}
+    params = {
+        "m": member_id,
+        "delta": delta,
+        "held_delta": held_delta,
+        "now": now,
+        "cover": require_cover,
+        "digest": digest,
+    }
     row = conn.execute(BUMP_COVERED if require_cover else BUMP, params).first()
     if row is None:
         exists = conn.execute(sa.select(ma.member_id).where(ma.member_id == member_id)).first()
@@ -137,35 +154,32 @@ def _bump_account(
             f"member {member_id!r} does not have {require_cover} points available",
             required=require_cover,
         )
-    return int(row.balance), int(row.held), int(row.entry_seq)
+    return int(row.balance), int(row.held), int(row.entry_seq), bytes(row.chain_head)
 
 
 def entry_rows(
     *,
     member_id: str,
     entry_id: str,
-    seq: int,
     kind: str,
     source_ref: str,
     lines: Sequence[Line],
-    balance_after: int,
     now: dt.datetime,
     transaction_id: str | None = None,
     related_entry_id: str | None = None,
     programme_version: str | None = None,
     memo: str | None = None,
     occurred_at: dt.datetime | None = None,
-) -> tuple[dict[str, object], list[dict[str, object]]]:
-    """The journal entry row and its posting rows; refuses an unbalanced entry."""
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The journal entry row and its posting rows, but for what the member's account gives the
+    entry when it is booked (``seq``, ``balance_after``, ``chain_hash``); refuses an unbalanced entry."""
     check_balanced(line.amount for line in lines)
     entry = {
         "member_id": member_id,
         "id": entry_id,
-        "seq": seq,
         "kind": kind,
         "source_ref": source_ref,
         "points": sum(line.amount for line in lines if line.account == MEMBER),
-        "balance_after": balance_after,
         "transaction_id": transaction_id,
         "related_entry_id": related_entry_id,
         "programme_version": programme_version,
@@ -173,7 +187,7 @@ def entry_rows(
         "posted_at": now,
         "occurred_at": occurred_at,
     }
-    rows: list[dict[str, object]] = [
+    rows: list[dict[str, Any]] = [
         {
             "member_id": member_id,
             "entry_id": entry_id,
@@ -213,11 +227,33 @@ def check_open(conn: Connection, posted_at: dt.datetime) -> None:
             raise PeriodClosed(f"{period} is closed: no entry may be posted on {posted_at.isoformat()}", period=period)
 
 
-def _write_entry(conn: Connection, **kwargs: Any) -> None:
-    check_open(conn, kwargs["now"])
-    entry, rows = entry_rows(**kwargs)
+def _post(
+    conn: Connection,
+    entry: dict[str, Any],
+    rows: list[dict[str, Any]],
+    *,
+    held_delta: int = 0,
+    activity: dt.datetime | None = None,
+    require_cover: int = 0,
+) -> tuple[int, int, int]:
+    """Book an entry built by :func:`entry_rows`: move the member's account by its points (and
+    held points by ``held_delta``; last activity to ``activity`` if given; refused unless the
+    balance covers ``require_cover``), seal it on the member's chain, and write it with its
+    postings. Returns ``(balance_after, held_after, seq)``."""
+    balance_after, held_after, seq, head = _bump_account(
+        conn,
+        entry["member_id"],
+        delta=entry["points"],
+        digest=chain.entry_digest(entry, rows),
+        held_delta=held_delta,
+        now=activity,
+        require_cover=require_cover,
+    )
+    entry.update(seq=seq, balance_after=balance_after, chain_hash=head)
+    check_open(conn, entry["posted_at"])
     conn.execute(INSERT_ENTRY, entry)
     conn.execute(INSERT_POSTINGS, rows)
+    return balance_after, held_after, seq
 
 
 def award_lines(awards: Iterable[Award]) -> list[Line]:
@@ -290,75 +326,79 @@ def accrue(
     entry_id: str | None = None,
 ) -> Posted:
     """Credit ``awards`` to the member: one entry, one lot per award."""
-    total = sum(a.points for a in awards)
-    if total <= 0 or any(a.points <= 0 for a in awards):
-        raise ValueError("an accrual needs positive awards")
-    balance_after, held_after, seq = _bump_account(conn, member_id, delta=total, now=now)
-    rows = accrual_rows(
+    entry, posting_rows = accrual_entry(
         member_id,
         awards,
         entry_id=entry_id or new_id(),
-        seq=seq,
-        balance_after=balance_after,
         kind=kind,
         source_ref=source_ref,
         earned_at=earned_at,
-        expires_at=expires_at,
         now=now,
         transaction_id=transaction_id,
         programme_version=programme_version,
     )
-    check_open(conn, now)
-    conn.execute(INSERT_ENTRY, rows.entry)
-    conn.execute(INSERT_POSTINGS, rows.postings)
-    conn.execute(INSERT_LOTS, rows.lots)
-    if rows.consumptions:
-        conn.execute(INSERT_CONSUMPTIONS, rows.consumptions)
-    return Posted(rows.entry["id"], seq, total, balance_after, held_after, rows.lots)  # type: ignore[arg-type]
+    balance_after, held_after, seq = _post(conn, entry, posting_rows, activity=now)
+    lots, consumptions = accrual_lots(
+        member_id, awards, entry_id=entry["id"], balance_after=balance_after, earned_at=earned_at, expires_at=expires_at
+    )
+    conn.execute(INSERT_LOTS, lots)
+    if consumptions:
+        conn.execute(INSERT_CONSUMPTIONS, consumptions)
+    return Posted(entry["id"], seq, entry["points"], balance_after, held_after, lots)
 
 
 @dataclass
 class AccrualRows:
-    entry: dict[str, object]
-    postings: list[dict[str, object]]
+    entry: dict[str, Any]
+    postings: list[dict[str, Any]]
     lots: list[dict[str, object]]
     consumptions: list[dict[str, object]]
 
 
-def accrual_rows(
+def accrual_entry(
     member_id: str,
     awards: Sequence[Award],
     *,
     entry_id: str,
-    seq: int,
-    balance_after: int,
     kind: str,
     source_ref: str,
     earned_at: dt.datetime,
-    expires_at: dt.datetime,
     now: dt.datetime,
     transaction_id: str | None = None,
     programme_version: str | None = None,
-) -> AccrualRows:
-    """Every row one accrual writes, given the balance it leaves (pure).
-
-    If the balance before it was negative, the new lots pay that debt first:
-    this entry consumes them for the debt's amount.
-    """
-    entry, posting_rows = entry_rows(
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An accrual's entry and postings, as :func:`entry_rows` gives them (pure)."""
+    if not awards or any(a.points <= 0 for a in awards):
+        raise ValueError("an accrual needs positive awards")
+    return entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind=kind,
         source_ref=source_ref,
         lines=award_lines(awards),
-        balance_after=balance_after,
         now=now,
         transaction_id=transaction_id,
         programme_version=programme_version,
         occurred_at=earned_at,
     )
-    debt = max(0, -(balance_after - int(entry["points"])))  # type: ignore[call-overload]
+
+
+def accrual_lots(
+    member_id: str,
+    awards: Sequence[Award],
+    *,
+    entry_id: str,
+    balance_after: int,
+    earned_at: dt.datetime,
+    expires_at: dt.datetime,
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """An accrual's lots, one per award, given the balance it leaves, and what it consumes of
+    them (pure).
+
+    If the balance before it was negative, the new lots pay that debt first:
+    this entry consumes them for the debt's amount.
+    """
+    debt = max(0, -(balance_after - sum(a.points for a in awards)))
     lots: list[dict[str, object]] = []
     consumptions: list[dict[str, object]] = []
     for a in awards:
@@ -382,6 +422,47 @@ def accrual_rows(
         )
         if settle:
             consumptions.append({"member_id": member_id, "entry_id": entry_id, "lot_id": lot_id, "points": settle})
+    return lots, consumptions
+
+
+def accrual_rows(
+    member_id: str,
+    awards: Sequence[Award],
+    *,
+    entry_id: str,
+    seq: int,
+    balance_after: int,
+    prev_hash: bytes | None,
+    kind: str,
+    source_ref: str,
+    earned_at: dt.datetime,
+    expires_at: dt.datetime,
+    now: dt.datetime,
+    transaction_id: str | None = None,
+    programme_version: str | None = None,
+) -> AccrualRows:
+    """Every row one accrual writes, given the ``seq`` and balance it leaves and the hash of the
+    member's entry before it (``prev_hash``, the account's ``chain_head``), sealed as the booking
+    seals it (pure): for writers that move the account themselves, such as the importer."""
+    entry, posting_rows = accrual_entry(
+        member_id,
+        awards,
+        entry_id=entry_id,
+        kind=kind,
+        source_ref=source_ref,
+        earned_at=earned_at,
+        now=now,
+        transaction_id=transaction_id,
+        programme_version=programme_version,
+    )
+    entry.update(
+        seq=seq,
+        balance_after=balance_after,
+        chain_hash=chain.chain_link(prev_hash, chain.entry_digest(entry, posting_rows), seq, balance_after),
+    )
+    lots, consumptions = accrual_lots(
+        member_id, awards, entry_id=entry_id, balance_after=balance_after, earned_at=earned_at, expires_at=expires_at
+    )
     return AccrualRows(entry, posting_rows, lots, consumptions)
 
 
@@ -420,24 +501,21 @@ def claw_back(
             return None
     else:
         points = points_due
-    balance_after, held_after, seq = _bump_account(conn, member_id, delta=-points, now=now)
     # Credit back the funding sources in proportion, the rounding remainder to the largest.
     shares = _split(points, funding)
     lines = [Line(MEMBER, -points)] + [Line(f"issued:{src}", n) for src, n in shares.items() if n]
     entry_id = new_id()
-    _write_entry(
-        conn,
+    entry, rows = entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind="reversal",
         source_ref=source_ref,
         lines=lines,
-        balance_after=balance_after,
         now=now,
         transaction_id=transaction_id,
         related_entry_id=related_entry_id,
     )
+    balance_after, held_after, seq = _post(conn, entry, rows, activity=now)
     own = conn.execute(
         sa.select(point_lots.c.id).where(point_lots.c.member_id == member_id, point_lots.c.entry_id == related_entry_id)
     ).scalars()
@@ -456,24 +534,24 @@ def expire(conn: Connection, member_id: str, *, as_of: dt.datetime, now: dt.date
     ma = member_accounts.c
     # The lock an UPDATE of the account takes, as bookings and spends take it: foreign-key checks
     # of other transactions' inserts that reference the account do not wait on it.
-    conn.execute(sa.select(ma.member_id).where(ma.member_id == member_id).with_for_update(key_share=True))
+    # The counter, read under that lock, numbers the entry (its source names it) before it is sealed.
+    counted = conn.execute(
+        sa.select(ma.entry_seq).where(ma.member_id == member_id).with_for_update(key_share=True)
+    ).scalar()
     lapsed = fifo_order([lot for lot in _open_lots(conn, member_id) if lot.expires_at <= as_of])
     points = sum(lot.remaining for lot in lapsed)
     if points <= 0:
         return None
-    balance_after, held_after, seq = _bump_account(conn, member_id, delta=-points)
     entry_id = new_id()
-    _write_entry(
-        conn,
+    entry, rows = entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind="expiry",
-        source_ref=f"expiry:{seq}",
+        source_ref=f"expiry:{(counted or 0) + 1}",
         lines=[Line(MEMBER, -points), Line(EXPIRED, points)],
-        balance_after=balance_after,
         now=now,
     )
+    balance_after, held_after, seq = _post(conn, entry, rows)
     _consume(conn, member_id, entry_id, [(lot.id, lot.remaining) for lot in lapsed])
     return Posted(
         entry_id,
@@ -485,25 +563,64 @@ def expire(conn: Connection, member_id: str, *, as_of: dt.datetime, now: dt.date
     )
 
 
+#: The digest of an ``expiry`` entry as :data:`EXPIRE_SET` builds it, from the row of
+#: ``member_accounts`` (``ma``) before the entry and its member's total (``t``): the same
+#: content :func:`expire` seals, put in canonical form in SQL (:func:`chain.sql_digest`).
+_EXPIRY_DIGEST = chain.sql_digest(
+    {
+        "member_id": "ma.member_id",
+        "id": "CAST(t.entry_id AS text)",
+        "kind": "'expiry'",
+        "source_ref": "'expiry:' || CAST(ma.entry_seq + 1 AS text)",
+        "points": "CAST(-t.points AS text)",
+        "posted_at": "CAST(:now_us AS text)",
+        "occurred_at": "NULL",
+        "transaction_id": "NULL",
+        "related_entry_id": "NULL",
+        "programme_version": "NULL",
+        "memo": "NULL",
+    },
+    [
+        {
+            "line": "'1'",
+            "account": "CAST(:member AS text)",
+            "amount": "CAST(-t.points AS text)",
+            "rule_id": "NULL",
+            "posted_at": "CAST(:now_us AS text)",
+        },
+        {
+            "line": "'2'",
+            "account": "CAST(:expired AS text)",
+            "amount": "CAST(t.points AS text)",
+            "rule_id": "NULL",
+            "posted_at": "CAST(:now_us AS text)",
+        },
+    ],
+)
+
 #: One statement posting the lapse of a set of locked members' lots, on PostgreSQL: per member
-#: with lapsed points, what :func:`expire` writes (the account bumped, one ``expiry`` entry with
-#: its two postings, a consumption per lot, the lots emptied); returns the lapsed lots, each with
-#: its member's entry, first-expiring-first per member.
+#: with lapsed points, what :func:`expire` writes (the account bumped and its chain moved on, one
+#: ``expiry`` entry with its two postings, sealed, a consumption per lot, the lots emptied);
+#: returns the lapsed lots, each with its member's entry, first-expiring-first per member.
 EXPIRE_SET = (
     sa.text(
-        """
+        f"""
     WITH lapsed AS MATERIALIZED (
         SELECT member_id, id, remaining, expires_at, earned_at FROM point_lots
         WHERE member_id = ANY(:members) AND remaining > 0 AND expires_at <= :as_of
     ), totals AS MATERIALIZED (
-        SELECT member_id, sum(remaining) AS points, gen_random_uuid() AS entry_id FROM lapsed GROUP BY member_id
+        SELECT member_id, CAST(sum(remaining) AS bigint) AS points, gen_random_uuid() AS entry_id
+        FROM lapsed GROUP BY member_id
     ), bumped AS (
-        UPDATE member_accounts AS ma SET balance = ma.balance - t.points, entry_seq = ma.entry_seq + 1
+        UPDATE member_accounts AS ma SET balance = ma.balance - t.points, entry_seq = ma.entry_seq + 1,
+            chain_head = {chain.sql_link("ma.chain_head", _EXPIRY_DIGEST, "ma.entry_seq + 1", "ma.balance - t.points")}
         FROM totals AS t WHERE ma.member_id = t.member_id
-        RETURNING ma.member_id, ma.balance, ma.held, ma.entry_seq, t.points, t.entry_id
+        RETURNING ma.member_id, ma.balance, ma.held, ma.entry_seq, ma.chain_head, t.points, t.entry_id
     ), entries AS (
-        INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after, posted_at)
-        SELECT member_id, entry_id, entry_seq, 'expiry', 'expiry:' || entry_seq, -points, balance, :now FROM bumped
+        INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after, posted_at,
+                                     chain_hash)
+        SELECT member_id, entry_id, entry_seq, 'expiry', 'expiry:' || entry_seq, -points, balance, :now, chain_head
+        FROM bumped
     ), lines AS (
         INSERT INTO postings (member_id, entry_id, line, account, amount, posted_at)
         SELECT member_id, entry_id, 1, :member, -points, :now FROM bumped
@@ -546,7 +663,14 @@ def expire_members(
     if not locked:
         return {}
     check_open(conn, now)
-    params = {"members": locked, "as_of": as_of, "now": now, "member": MEMBER, "expired": EXPIRED}
+    params = {
+        "members": locked,
+        "as_of": as_of,
+        "now": now,
+        "now_us": chain.micros(now),
+        "member": MEMBER,
+        "expired": EXPIRED,
+    }
     posted: dict[str, Posted] = {}
     for r in conn.execute(EXPIRE_SET, params):
         p = posted.get(r.member_id)
@@ -577,20 +701,17 @@ def adjust(
     member's last activity stays as it was."""
     if points == 0:
         raise ValueError("an adjustment needs non-zero points")
-    balance_after, held_after, seq = _bump_account(conn, member_id, delta=points, require_cover=max(0, -points))
     entry_id = new_id()
-    _write_entry(
-        conn,
+    entry, rows = entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind="adjustment",
         source_ref=source_ref,
         lines=[Line(MEMBER, points), Line(ADJUSTMENTS, -points)],
-        balance_after=balance_after,
         now=now,
         memo=reason[:500],
     )
+    balance_after, held_after, seq = _post(conn, entry, rows, require_cover=max(0, -points))
     if points < 0:
         _spend_lots(conn, member_id, entry_id, -points, now=now)
         return Posted(entry_id, seq, points, balance_after, held_after)
@@ -642,21 +763,16 @@ def hold(
     """
     if points <= 0:
         raise ValueError("a hold needs positive points")
-    balance_after, held_after, seq = _bump_account(
-        conn, member_id, delta=-points, held_delta=points, now=now, require_cover=points
-    )
     entry_id = new_id()
-    _write_entry(
-        conn,
+    entry, rows = entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind="hold",
         source_ref=hold_id,
         lines=[Line(MEMBER, -points), Line(HOLDS, points)],
-        balance_after=balance_after,
         now=now,
     )
+    balance_after, held_after, seq = _post(conn, entry, rows, held_delta=points, activity=now, require_cover=points)
     conn.execute(
         holds.insert(),
         {
@@ -679,19 +795,16 @@ def spend(conn: Connection, member_id: str, source_ref: str, points: int, *, acc
     refuses, with :class:`InsufficientPoints`."""
     if points <= 0:
         raise ValueError("a spend needs positive points")
-    balance_after, held_after, seq = _bump_account(conn, member_id, delta=-points, now=now, require_cover=points)
     entry_id = new_id()
-    _write_entry(
-        conn,
+    entry, rows = entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind="capture",
         source_ref=source_ref,
         lines=[Line(MEMBER, -points), Line(account, points)],
-        balance_after=balance_after,
         now=now,
     )
+    balance_after, held_after, seq = _post(conn, entry, rows, activity=now, require_cover=points)
     _spend_lots(conn, member_id, entry_id, points, now=now)
     return Posted(entry_id, seq, -points, balance_after, held_after)
 
@@ -773,19 +886,16 @@ def capture(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime)
     """Second phase, success: the held points go to the hold's capture account."""
     hold = _pending_hold(conn, member_id, hold_id)
     points, entry_id = int(hold.points), new_id()
-    balance_after, held_after, seq = _bump_account(conn, member_id, delta=0, held_delta=-points)
-    _write_entry(
-        conn,
+    entry, rows = entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind="capture",
         source_ref=hold_id,
         lines=[Line(HOLDS, -points), Line(hold.capture_account, points)],
-        balance_after=balance_after,
         now=now,
         related_entry_id=hold.hold_entry_id,
     )
+    balance_after, held_after, seq = _post(conn, entry, rows, held_delta=-points)
     _resolved(conn, member_id, hold_id, "captured", entry_id, now)
     return Posted(entry_id, seq, 0, balance_after, held_after)
 
@@ -800,19 +910,16 @@ def void(conn: Connection, member_id: str, hold_id: str, *, now: dt.datetime) ->
     """
     hold = _pending_hold(conn, member_id, hold_id)
     points, hold_entry_id, entry_id = int(hold.points), hold.hold_entry_id, new_id()
-    balance_after, held_after, seq = _bump_account(conn, member_id, delta=points, held_delta=-points)
-    _write_entry(
-        conn,
+    entry, rows = entry_rows(
         member_id=member_id,
         entry_id=entry_id,
-        seq=seq,
         kind="void",
         source_ref=hold_id,
         lines=[Line(HOLDS, -points), Line(MEMBER, points)],
-        balance_after=balance_after,
         now=now,
         related_entry_id=hold_entry_id,
     )
+    balance_after, held_after, seq = _post(conn, entry, rows, held_delta=-points)
     _resolved(conn, member_id, hold_id, "voided", entry_id, now)
     restore = min(points, max(0, balance_after))
     lc = lot_consumptions.c

@@ -1,23 +1,22 @@
 """``loyalty verify``: prove the ledger's invariants over the whole database.
 
-Every check is one set-based query that returns the rows breaking it, so a
-clean run is a proof over all the data, not a sample.
+Every check but one is one set-based query that returns the rows breaking it, so a
+clean run is a proof over all the data, not a sample. The hash chains are recomputed
+in Python (:func:`chains`) from one ordered read of every entry and posting.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    invariant: str
-    sql: str
+from loyalty.ledger import chain
+from loyalty.ledger.models import journal_entries, member_accounts, postings
 
 
 @dataclass
@@ -25,11 +24,152 @@ class Outcome:
     check: Check
     count: int
     examples: list[dict[str, Any]] = field(default_factory=list)
+    #: what the check found that breaks nothing but is worth knowing
+    note: str = ""
 
     @property
     def ok(self) -> bool:
         return self.count == 0
 
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    invariant: str
+    #: the query returning the rows that break the invariant ...
+    sql: str = ""
+    #: ... or a function of the connection and the number of examples wanted that finds them
+    compute: Callable[[Connection, int], Outcome] | None = None
+
+
+#: Rows the chain check reads from the database at a time.
+CHAIN_BATCH = 5000
+
+
+def _chain_rows(conn: Connection) -> Iterator[sa.Row[Any]]:
+    """Every member account, each with its entries in ``seq`` order, each with its postings in
+    line order: one row per posting (one per account without entries), streamed."""
+    a, e, p = member_accounts.c, journal_entries.c, postings.c
+    query = (
+        sa.select(
+            a.member_id,
+            a.entry_seq.label("account_seq"),
+            a.chain_head,
+            e.id,
+            e.seq,
+            e.kind,
+            e.source_ref,
+            e.points,
+            e.balance_after,
+            e.posted_at,
+            e.occurred_at,
+            e.transaction_id,
+            e.related_entry_id,
+            e.programme_version,
+            e.memo,
+            e.chain_hash,
+            p.line,
+            p.account,
+            p.amount,
+            p.rule_id,
+            p.posted_at.label("line_posted_at"),
+        )
+        .select_from(
+            member_accounts.outerjoin(journal_entries, e.member_id == a.member_id).outerjoin(
+                postings, sa.and_(p.member_id == e.member_id, p.entry_id == e.id)
+            )
+        )
+        .order_by(a.member_id, e.seq, p.line)
+    )
+    yield from conn.execute(query, execution_options={"yield_per": CHAIN_BATCH})
+
+
+def _posting(row: sa.Row[Any]) -> dict[str, Any]:
+    return {
+        "line": row.line,
+        "account": row.account,
+        "amount": row.amount,
+        "rule_id": row.rule_id,
+        "posted_at": row.line_posted_at,
+    }
+
+
+def _differences(entry: sa.Row[Any], lines: list[dict[str, Any]], prev_seq: int, prev_balance: int) -> str:
+    """What can be told of an entry whose hash does not match: the hash alone says only that
+    something it sealed changed; the rest of the entry may say what."""
+    found = []
+    if entry.seq != prev_seq + 1:
+        found.append(f"it follows seq {prev_seq}: an entry before it is missing")
+    if entry.balance_after != prev_balance + entry.points:
+        found.append(f"balance_after {entry.balance_after} is not {prev_balance} + its {entry.points} points")
+    total = sum(int(line["amount"]) for line in lines)
+    if total:
+        found.append(f"its postings sum to {total}")
+    member = sum(int(line["amount"]) for line in lines if line["account"] == "member")
+    if member != entry.points:
+        found.append(f"its member postings sum to {member}, not its {entry.points} points")
+    what = "; ".join(found) or "its content, postings, seq or balance_after changed"
+    return f"does not match its hash: {what}"
+
+
+def _walk(rows: Iterator[sa.Row[Any]]) -> tuple[dict[str, Any] | None, int]:
+    """One member's chain, from its rows of :func:`_chain_rows`: the first thing that breaks it
+    (``None`` if nothing does), and the number of its entries without a hash."""
+    first = next(rows)
+    prev_hash: bytes | None = None
+    prev_seq = prev_balance = unsealed = 0
+    last_id = None
+    problem = None
+    for entry_id, group in itertools.groupby(itertools.chain([first], rows), key=lambda r: r.id):
+        entry_rows = list(group)
+        entry = entry_rows[0]
+        if entry_id is None or problem is not None:
+            continue
+        if entry.chain_hash is None:
+            unsealed += 1
+        else:
+            lines = [_posting(r) for r in entry_rows if r.line is not None]
+            digest = chain.entry_digest(entry._mapping, lines)
+            if chain.chain_link(prev_hash, digest, entry.seq, entry.balance_after) != bytes(entry.chain_hash):
+                why = _differences(entry, lines, prev_seq, prev_balance)
+                problem = {"member_id": entry.member_id, "seq": entry.seq, "entry_id": entry_id, "problem": why}
+                continue
+            prev_hash = bytes(entry.chain_hash)
+        prev_seq, prev_balance, last_id = entry.seq, entry.balance_after, entry_id
+    head = None if first.chain_head is None else bytes(first.chain_head)
+    if problem is None and head != prev_hash:
+        why = "the account's chain head is not the hash of its last sealed entry"
+        if first.account_seq != prev_seq:
+            why += f": the account counts {first.account_seq} entries, the journal holds entries up to seq {prev_seq}"
+        problem = {"member_id": first.member_id, "seq": prev_seq or None, "entry_id": last_id, "problem": why}
+    return problem, unsealed
+
+
+def chains(conn: Connection, examples: int) -> Outcome:
+    """Recompute every member's hash chain, member by member from one ordered read: per member,
+    the first entry whose hash does not match what it seals, or an account head that is not its
+    last entry's hash."""
+    broken = unsealed = 0
+    shown: list[dict[str, Any]] = []
+    for _member_id, rows in itertools.groupby(_chain_rows(conn), key=lambda r: r.member_id):
+        problem, outside = _walk(rows)
+        unsealed += outside
+        if problem is not None:
+            broken += 1
+            if len(shown) < examples:
+                shown.append(problem)
+    note = ""
+    if unsealed:
+        note = f"{unsealed} entries posted without a hash, by a release before the chain, are outside it"
+    return Outcome(HASH_CHAIN, broken, shown, note)
+
+
+HASH_CHAIN = Check(
+    "hash_chain",
+    "each member's entries form an unbroken hash chain: every entry's hash seals its content, its postings "
+    "and the hash before it, and the account's head is the last one",
+    compute=chains,
+)
 
 CHECKS = [
     Check(
@@ -153,6 +293,7 @@ CHECKS = [
                     ON r.member_id = t.member_id AND r.transaction_id = t.transaction_id
             WHERE coalesce(r.points, 0) > t.points OR coalesce(r.amount, 0) > t.amount""",
     ),
+    HASH_CHAIN,
 ]
 
 
@@ -160,6 +301,9 @@ def run(conn: Connection, *, examples: int = 5) -> list[Outcome]:
     """Run every check; each outcome counts the breaking rows and shows a few."""
     outcomes = []
     for check in CHECKS:
+        if check.compute is not None:
+            outcomes.append(check.compute(conn, examples))
+            continue
         count = conn.execute(sa.text(f"SELECT count(*) FROM ({check.sql}) broken")).scalar_one()
         rows = []
         if count:
@@ -172,7 +316,11 @@ def report(outcomes: list[Outcome]) -> str:
     lines = []
     for o in outcomes:
         mark = "ok  " if o.ok else "FAIL"
-        lines.append(f"{mark} {o.check.name}: {o.check.invariant}" + ("" if o.ok else f" ({o.count} broken)"))
+        lines.append(
+            f"{mark} {o.check.name}: {o.check.invariant}"
+            + ("" if o.ok else f" ({o.count} broken)")
+            + (f" ({o.note})" if o.note else "")
+        )
         for ex in o.examples:
             lines.append("       " + ", ".join(f"{k}={v}" for k, v in ex.items()))
     broken = sum(1 for o in outcomes if not o.ok)
