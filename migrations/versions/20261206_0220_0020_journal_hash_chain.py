@@ -1,7 +1,7 @@
 """journal hash chain
 
 Revision ID: 0020
-Revises: 0017
+Revises: 0019
 Create Date: 2026-12-06 02:20:00
 
 Makes the journal tamper-evident. Each entry gets ``chain_hash``: SHA-256 over the hash of the
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020"
-down_revision = "0017"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
