@@ -561,7 +561,8 @@ def start_gunicorn(s: Scratch, db_url: str, config: str, whatif: str | None = No
     flags, config_whatif = parse_config(config)
     whatif = config_whatif or whatif
     env = dict(os.environ, LOYALTY_DATABASE_URL=db_url)
-    # The command line of `make run` (minus its access log unless the config asks for one).
+    # The server of `make run`: gunicorn reads ./gunicorn.conf.py (its worker class, timeouts, logging,
+    # metrics directory) by itself, from the repository root it runs in.
     app = ["wsgi:app"]
     if whatif:  # the same app with candidate fixes patched in (bench/whatif.py)
         # On PYTHONPATH, after the repository root that gunicorn puts first: with

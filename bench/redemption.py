@@ -107,8 +107,9 @@ TOP_UP_FEN = 2_000_000
 TOP_UP_BATCH = 200
 #: Points kept aside per member for the partner phase and anything else.
 RESERVE_POINTS = 2_000
-#: The `make run` command line: `gunicorn --bind HOST:PORT --workers 4 --timeout 120 --access-logfile - wsgi:app`.
-MAKE_RUN_GUNICORN = "workers=4,timeout=120,access-logfile=-"
+#: The `make run` server: `gunicorn --config gunicorn.conf.py --bind HOST:PORT --workers 4` (gunicorn reads
+#: ./gunicorn.conf.py by itself: its worker class, timeouts, logging and metrics directory).
+MAKE_RUN_GUNICORN = "workers=4"
 #: wrk threads, as bench/accrual.py's run_wrk starts it (`wrk -t 2`).
 WRK_THREADS = 2
 
