@@ -156,23 +156,29 @@ def members_at(conn: Connection, end: dt.datetime) -> dict[str, Figures]:
         return out
     p, je, h = postings.c, journal_entries.c, holds.c
     # What was posted after the snapshot, through the postings' index on (account, posted_at): every
-    # entry moves a member's own account or ``holds``, so its postings there find it.
+    # entry moves a member's own account or ``holds``, so its postings there find every member who moved.
     window = sa.and_(p.account.in_(OUTSTANDING), p.posted_at >= at, p.posted_at < end)
-    posted = dict(conn.execute(sa.select(p.member_id, sa.func.sum(p.amount)).where(window).group_by(p.member_id)).all())
-    moved = sa.select(p.member_id, p.entry_id).where(window).distinct().subquery()
-    entries = (
-        sa.select(je.member_id, je.seq)
-        .join(moved, sa.and_(moved.c.member_id == je.member_id, moved.c.entry_id == je.id))
-        .subquery()
+    last_balance = (  # the member's last entry before the end, found backwards through (member_id, seq)
+        sa.select(je.balance_after)
+        .where(je.member_id == p.member_id, je.posted_at < end)
+        .order_by(je.seq.desc())
+        .limit(1)
+        .scalar_subquery()
     )
-    balances = dict(conn.execute(_last_balances(entries)).all())
-    held = dict(
-        conn.execute(sa.select(h.member_id, sa.func.sum(h.points)).where(_pending(end)).group_by(h.member_id)).all()
-    )
-    for member in set(out) | set(posted) | set(balances) | set(held):
+    posted: dict[str, int] = {}
+    balances: dict[str, int] = {}
+    for member, amount, balance in conn.execute(
+        sa.select(p.member_id, sa.func.sum(p.amount), last_balance).where(window).group_by(p.member_id)
+    ):
+        posted[member], balances[member] = int(amount), int(balance)
+    held: dict[str, int] = {
+        r[0]: int(r[1])
+        for r in conn.execute(sa.select(h.member_id, sa.func.sum(h.points)).where(_pending(end)).group_by(h.member_id))
+    }
+    for member in set(out) | set(posted) | set(held):
         base = out.get(member, Figures())
         out[member] = Figures(
-            int(balances.get(member, base.balance)), int(held.get(member, 0)), base.posted + int(posted.get(member, 0))
+            balances.get(member, base.balance), held.get(member, 0), base.posted + posted.get(member, 0)
         )
     return out
 
