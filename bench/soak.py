@@ -23,8 +23,9 @@ It prints, and judges:
   (the HTTP stack and gunicorn, no database) at the same concurrency;
 - the service's memory: resident size of gunicorn's master and workers after ``--warmup`` and at
   the end: the end within 10% of after warm-up;
-- the outbox lag (``loyalty_outbox_lag_seconds`` from /metrics, sampled every 5 s): its maximum,
-  and the lag at the end, which must be under 60 s; job runs that failed (0).
+- the outbox lag (``loyalty_outbox_lag_seconds`` from /metrics, sampled every 5 s): its maximum
+  and the lag at the end, both under 60 s (bounded: the webhook job keeps up with the load); job runs
+  that failed (0).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def free_port() -> int:
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """A webhook receiver that accepts everything."""
+    """A webhook receiver that accepts everything, keeping connections open as HTTP/1.1 servers do."""
 
+    protocol_version = "HTTP/1.1"
     received = 0
 
     def do_POST(self) -> None:  # noqa: N802  (http.server's name)
@@ -273,12 +275,14 @@ def main() -> int:
         f"  memory (RSS, gunicorn master + workers): after warm-up {warm / 2**20:.1f} MiB, end {end / 2**20:.1f} MiB, "
         f"growth {growth:+.1%} -> {'PASS' if abs(growth) <= MEMORY_GROWTH_LIMIT else 'FAIL'}"
     )
+    max_lag = max([*lags, end_lag])
+    lag_ok = max_lag < OUTBOX_LAG_LIMIT_SECONDS
     print(
-        f"  outbox lag: max {max(lags, default=0):.1f} s, at the end {end_lag:.1f} s -> "
-        f"{'PASS' if end_lag < OUTBOX_LAG_LIMIT_SECONDS else 'FAIL'}; webhooks received {Receiver.received}"
+        f"  outbox lag: max {max_lag:.1f} s, at the end {end_lag:.1f} s -> "
+        f"{'PASS' if lag_ok else 'FAIL'}; webhooks received {Receiver.received}"
     )
     print(f"  job runs: {runs:.0f} succeeded, {failed_jobs:.0f} failed -> {'PASS' if failed_jobs == 0 else 'FAIL'}")
-    ok = errors == 0 and abs(growth) <= MEMORY_GROWTH_LIMIT and end_lag < OUTBOX_LAG_LIMIT_SECONDS and failed_jobs == 0
+    ok = errors == 0 and abs(growth) <= MEMORY_GROWTH_LIMIT and lag_ok and failed_jobs == 0
     return 0 if ok else 1
 
 
