@@ -24,8 +24,9 @@ It prints, and judges:
 - the service's memory: resident size of gunicorn's master and workers after ``--warmup`` and at
   the end: the end within 10% of after warm-up;
 - the outbox lag (``loyalty_outbox_lag_seconds`` from /metrics, sampled every 5 s): its maximum
-  and the lag at the end, both under 60 s (bounded: the webhook job keeps up with the load); job runs
-  that failed (0).
+  and the lag at the end, both under 60 s (bounded: the webhook job keeps up with the load);
+- every event written after the receiver subscribed (read from the database at the end) received;
+- job runs that failed (0).
 """
 
 from __future__ import annotations
@@ -67,14 +68,19 @@ def free_port() -> int:
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """A webhook receiver that accepts everything, keeping connections open as HTTP/1.1 servers do."""
+    """A webhook receiver that accepts everything, keeping connections open as HTTP/1.1 servers do,
+    and notes each event id it is sent."""
 
     protocol_version = "HTTP/1.1"
     received = 0
+    event_ids: set[int] = set()
+    lock = threading.Lock()
 
     def do_POST(self) -> None:  # noqa: N802  (http.server's name)
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        Receiver.received += 1
+        with Receiver.lock:
+            Receiver.received += 1
+            Receiver.event_ids.add(int(self.headers["X-Loyalty-Event-Id"]))
         self.send_response(204)
         self.end_headers()
 
@@ -218,6 +224,7 @@ def main() -> int:
             {"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook", "secret": uuid.uuid4().hex},
         )
         assert status == 201, body
+        subscribed_at = tuple(int(n) for n in json.loads(body)["cursor"].split("."))
         members = [f"soak-{i}" for i in range(args.members)]
         for m in members:
             assert setup.call("POST", "/v1/members", {"member_id": m})[0] in (200, 201)
@@ -251,6 +258,9 @@ def main() -> int:
         end_lag = metric(port, "loyalty_outbox_lag_seconds")
         failed_jobs = metric(port, "loyalty_job_runs_total", status="failed")
         runs = metric(port, "loyalty_job_runs_total", status="succeeded")
+        with contextlib.closing(psycopg2.connect(db_url)) as db, db.cursor() as cur:
+            cur.execute("SELECT id FROM events WHERE (coalesce(tx, 0), id) > (%s, %s)", subscribed_at)
+            written = {int(row[0]) for row in cur.fetchall()}
     finally:
         with_group_stopped(make)
         log.close()
@@ -281,8 +291,14 @@ def main() -> int:
         f"  outbox lag: max {max_lag:.1f} s, at the end {end_lag:.1f} s -> "
         f"{'PASS' if lag_ok else 'FAIL'}; webhooks received {Receiver.received}"
     )
+    missing = written - Receiver.event_ids
+    print(
+        f"  events written after the subscription {len(written)}, received {len(Receiver.event_ids)}, "
+        f"missing {len(missing)} -> {'PASS' if not missing else 'FAIL'}"
+        + (f" (e.g. {sorted(missing)[:10]})" if missing else "")
+    )
     print(f"  job runs: {runs:.0f} succeeded, {failed_jobs:.0f} failed -> {'PASS' if failed_jobs == 0 else 'FAIL'}")
-    ok = errors == 0 and abs(growth) <= MEMORY_GROWTH_LIMIT and lag_ok and failed_jobs == 0
+    ok = errors == 0 and abs(growth) <= MEMORY_GROWTH_LIMIT and lag_ok and not missing and failed_jobs == 0
     return 0 if ok else 1
 
 

@@ -16,13 +16,17 @@ signature, and records each subscription's deliveries so that duplicates and any
 events arrived out of feed order are counted. ``--receiver-ms`` makes it take that long per
 answer, like a receiver that does some work.
 
+``--profile`` also prints, per path, the time spent in each kind of SQL statement (the rest of a
+path's time is the HTTP requests, Python and waiting for the CPU).
+
 ``--paths old,new`` measures both senders in one run on the same data: ``new`` is the shipped
 job (:func:`loyalty.events.webhooks.deliver`); ``old`` is the sender it replaced, kept below
 (:func:`old_deliver`): one delivery claimed, sent and recorded at a time by 8 threads, in rounds of
 100, a new HTTP connection for each. Each path gets subscriptions and events of its own.
 
 Per path it prints events/s, job runs, SQL statements per delivery (a ``before_cursor_execute``
-listener: an ``executemany`` counts once) and TCP connections the receiver accepted, and judges
+listener: an ``executemany`` counts once; on SQLite each transaction's ``BEGIN`` counts too) and
+the TCP connections that carried deliveries to the receiver, and judges
 every path on: every event received, no bad signature, no member's events out of order (a
 repeat, at least once, is counted, not judged).
 """
@@ -85,12 +89,13 @@ def receive(port: multiprocessing.sharedctypes.Synchronized, delay: float) -> No
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
 
-        def setup(self) -> None:
-            super().setup()
-            with lock:
-                state["connections"] += 1
+        delivering = False
 
         def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+            if not self.delivering:  # a connection that carried deliveries (not the bench's own questions)
+                self.delivering = True
+                with lock:
+                    state["connections"] += 1
             body = self.rfile.read(int(self.headers["Content-Length"]))
             timestamp = self.headers["X-Loyalty-Timestamp"]
             digest = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
@@ -282,6 +287,8 @@ class Figure:
     duplicates: int
     out_of_order: int
     bad_signatures: int
+    #: statement kind -> (how many, seconds in them)
+    sql: dict[str, tuple[int, float]]
 
     @property
     def rate(self) -> float:
@@ -293,11 +300,39 @@ class Figure:
 
 
 class Statements:
+    """Counts the statements sent, and times them by kind (``--profile``): the wall time from sending
+    one to its result, summed over every thread that sends."""
+
     def __init__(self) -> None:
         self.count = 0
+        self.lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
 
-    def __call__(self, *args: Any) -> None:
-        self.count += 1
+    def before(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+        with self.lock:
+            self.count += 1
+
+    def after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        took = time.perf_counter() - conn.info.pop("bench_started")
+        words = statement.split()
+        table = next((w for w in words[1:] if w in TABLES), "")
+        kind = f"{words[0]} {table}".strip()
+        with self.lock:
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + took
+            self.calls[kind] = self.calls.get(kind, 0) + 1
+
+    def listen(self, engine: Engine) -> None:
+        event.listen(engine, "before_cursor_execute", self.before)
+        event.listen(engine, "after_cursor_execute", self.after)
+
+    def remove(self, engine: Engine) -> None:
+        event.remove(engine, "before_cursor_execute", self.before)
+        event.remove(engine, "after_cursor_execute", self.after)
+
+
+TABLES = ("webhook_deliveries", "webhook_subscriptions", "events", "job_runs")
 
 
 @contextmanager
@@ -366,7 +401,7 @@ def measure(rt: Runtime, args: argparse.Namespace, port: int, path: str, deliver
     names = prepare(rt, args, port, path)
     before = stats(port)
     counter = Statements()
-    event.listen(rt.engine, "before_cursor_execute", counter)
+    counter.listen(rt.engine)
     expected = args.events * args.subscriptions
     started, runs = time.perf_counter(), 0
     try:
@@ -382,7 +417,7 @@ def measure(rt: Runtime, args: argparse.Namespace, port: int, path: str, deliver
             if time.perf_counter() - started > args.timeout:
                 raise SystemExit(f"{path}: not every event delivered after {args.timeout} s")
     finally:
-        event.remove(rt.engine, "before_cursor_execute", counter)
+        counter.remove(rt.engine)
     seconds = time.perf_counter() - started
     after = stats(port)
     received = duplicates = out_of_order = 0
@@ -405,6 +440,7 @@ def measure(rt: Runtime, args: argparse.Namespace, port: int, path: str, deliver
         seconds=seconds,
         runs=runs,
         statements=counter.count,
+        sql={kind: (counter.calls[kind], seconds) for kind, seconds in counter.seconds.items()},
         connections=after["connections"] - before["connections"],
         received=received,
         duplicates=duplicates,
@@ -428,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", default="old,new", help="comma-separated: old, new")
     parser.add_argument("--timeout", type=float, default=600, help="give up on a path after this many seconds")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", action="store_true", help="also print the time spent in SQL, by statement")
     args = parser.parse_args(argv)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = set(paths) - set(PATHS)
@@ -459,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if len(figures) == 2:
         print(f"{figures[1].path} / {figures[0].path}: {figures[1].rate / figures[0].rate:.1f}x")
+    if args.profile:
+        for f in figures:
+            print(f"\n{f.path}: SQL by kind, {f.seconds:.2f} s in all (statement times add up over the senders)")
+            for kind, (calls, seconds) in sorted(f.sql.items(), key=lambda item: -item[1][1])[:8]:
+                print(f"  {kind:<34} {calls:>6} x {seconds / calls * 1000:7.2f} ms = {seconds:6.2f} s")
     return 0 if all(f.ok for f in figures) else 1
 
 

@@ -93,6 +93,8 @@ SEND_WINDOW = LEASE_MARGIN / 2
 #: a run starts no round of sending after this many seconds (and reports that more may be due)
 RUN_SECONDS = 0.5
 USER_AGENT = "loyalty-webhooks/1"
+#: how much of a receiver's answer is read (it is not used); past it the connection is not kept
+MAX_ANSWER_BYTES = 65536
 #: What webhook secrets are sealed for (the derivation of their key from LOYALTY_SECRET_KEY).
 PURPOSE = "webhook-secrets"
 
@@ -478,8 +480,8 @@ def claim(conn: Connection, subscription_id: str, as_of: dt.datetime, rt: Runtim
 
     The subscription's row is locked first, so runs take turns: one run's claim is committed, and
     holds back the member's later deliveries, before another run looks.
-    A secret that cannot be opened (no ``LOYALTY_SECRET_KEY``, or another one) fails the job's run
-    here, before anything is claimed: no attempt is spent, and the deliveries wait for the key."""
+    A secret that cannot be opened (no ``LOYALTY_SECRET_KEY``, or another one) raises here, before
+    anything is claimed: no attempt is spent, and the deliveries wait for the key."""
     sub = conn.execute(
         sa.select(s.id.label("subscription_id"), s.active, s.url, s.secret, s.secret_sealed)
         .where(s.id == subscription_id)
@@ -810,7 +812,9 @@ class Endpoint:
             try:
                 conn.request("POST", self.target, body=body, headers=self.headers | headers)
                 response = conn.getresponse()
-                response.read()
+                response.read(MAX_ANSWER_BYTES)
+                if not response.isclosed():
+                    conn.close()  # a longer answer is not read on: the next request opens a new connection
             except TimeoutError:
                 return self.failed(f"no answer within {self.timeout} s")
             except ConnectionError as exc:
