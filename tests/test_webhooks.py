@@ -11,8 +11,10 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,10 +22,15 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from loyalty.config import Settings
 from loyalty.db import transaction
@@ -68,7 +75,7 @@ class Receiver:
     ``drop_after_answer`` it closes each connection after answering without
     saying so (as a server whose keep-alive time ran out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
         #: the answer to each request, in the order of ``received``
         self.answers: list[int | str] = []
@@ -122,7 +129,10 @@ class Receiver:
                     super().handle_error(request, client_address)
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/loyalty"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}/hooks/loyalty"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def answer(self, request: Received) -> int | str:
@@ -807,6 +817,7 @@ def test_concurrent_runs_send_each_members_events_once_in_order_through_failures
     next event is never sent before the previous one was delivered."""
     monkeypatch.setattr(webhooks, "BATCH", 16)
     monkeypatch.setattr(webhooks, "FANOUT_CHUNK", 40)
+    rt = tuned(rt, webhook_timeout_seconds=10)  # no timeout on a loaded machine: only the failures made here
     paths = list(subscribe_many(client, receiver, 3))
     members = [f"m{i:02d}" for i in range(24)]
     feed = emit_for(rt, members, 6)
@@ -851,7 +862,7 @@ def test_runs_in_separate_processes_send_each_members_events_once_in_order(clien
     env = environment(
         database_url,
         LOYALTY_SECRET_KEY=rt.settings.secret_key,
-        LOYALTY_WEBHOOK_TIMEOUT_SECONDS=str(TIMEOUT),
+        LOYALTY_WEBHOOK_TIMEOUT_SECONDS="10",
         PROBE_WEBHOOK_BATCH="8",
     )
 
@@ -926,6 +937,59 @@ def test_deliveries_go_through_the_proxy_the_environment_names(client, rt, recei
     assert [d["status"] for d in deliveries(client, direct)] == ["delivered"]
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate, key) in PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "receiver.pem", folder / "receiver.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+@pytest.mark.committed
+def test_an_https_receiver_is_reached_only_with_a_certificate_it_can_verify(client, rt, clock, tmp_path, monkeypatch):
+    cert_file, key_file = self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_file, key_file)
+    receiver = Receiver(tls)
+    receiver.thread.start()
+    try:
+        sub = subscribe(client, receiver.url)["subscription_id"]
+        ids = [event(rt, member_id=f"m{i % 2}") for i in range(6)]
+        assert run(rt)["errors"] == 2  # the first of each member's: the certificate is not trusted
+        failed = deliveries(client, sub, "?status=pending")
+        assert all("CERTIFICATE_VERIFY_FAILED" in d["last_error"] for d in failed if d["attempts"])
+        assert receiver.received == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # trusted from now on
+        clock.advance(hours=2)
+        assert run(rt)["detail"].startswith("0 queued, 6 delivered")
+        assert sorted(receiver.ids(), key=int) == ids
+        assert receiver.connections <= 2  # a kept connection for each member's sender
+        assert all(verify(SECRET, r.headers, r.body, clock().timestamp()) for r in receiver.received)
+    finally:
+        receiver.release.set()
+        receiver.server.shutdown()
+        receiver.server.server_close()
+        receiver.thread.join(timeout=5)
+
+
 @pytest.mark.committed
 def test_a_run_stops_after_its_time_and_says_more_is_due(client, rt, clock, receiver, monkeypatch):
     monkeypatch.setattr(webhooks, "BATCH", 3)
@@ -954,23 +1018,24 @@ def test_a_run_stops_after_its_time_and_says_more_is_due(client, rt, clock, rece
 def test_a_sender_out_of_time_gives_its_claims_back_unattempted(client, rt, clock, receiver, monkeypatch):
     """A sender starts no delivery past its window (so none is still sending when its claim runs out):
     the rest go back to due, with no attempt spent, and a later round sends them in order."""
-    monkeypatch.setattr(webhooks, "SEND_WINDOW", dt.timedelta(seconds=0.3))
+    monkeypatch.setattr(webhooks, "SEND_WINDOW", dt.timedelta(seconds=1.2))
     monkeypatch.setattr(webhooks, "RUN_SECONDS", 0)
     sub = subscribe(client, receiver.url)["subscription_id"]
-    ids = [event(rt, member_id="m1") for _ in range(5)]
-    receiver.delay = 0.2
+    ids = [event(rt, member_id="m1") for _ in range(5)]  # one member: one sender, one after the other
+    receiver.delay = 0.5  # three answers fit in the window (at 0, 0.5 and 1 s), the fourth would not
     settle(rt.engine)
     box = webhooks.optional_sealer(rt.settings.secret_key)
     assert webhooks.fan_out(rt.engine, clock()) == 5
     assert webhooks.send_due(rt, clock(), webhooks.Tally(), box) is True  # one round, and more due
-    sent = receiver.ids()
-    assert sent == ids[:2]
-    assert [(d["status"], d["attempts"]) for d in deliveries(client, sub)][::-1] == [("delivered", 1)] * 2 + [
+    sent = len(receiver.ids())
+    assert 1 <= sent <= 3 and receiver.ids() == ids[:sent]
+    assert [(d["status"], d["attempts"]) for d in deliveries(client, sub)][::-1] == [("delivered", 1)] * sent + [
         ("pending", 0)
-    ] * 3
+    ] * (5 - sent)
     assert all(when(d["next_attempt_at"]) <= clock() for d in deliveries(client, sub, "?status=pending"))
-    while webhooks.send_due(rt, clock(), webhooks.Tally(), box):
-        pass
+    for _ in range(5):
+        if not webhooks.send_due(rt, clock(), webhooks.Tally(), box):
+            break
     assert receiver.ids() == ids
 
 
