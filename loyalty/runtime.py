@@ -52,3 +52,6 @@ class Outcome:
     rows: int = 0
     errors: int = 0
     detail: str = ""
+    #: the run stopped with work left that another run can do now: the scheduler runs the job again
+    #: at once instead of at its next scheduled time (a job that works through a backlog in short runs)
+    more: bool = False

@@ -40,6 +40,17 @@ def expiry_later(rt: Runtime, as_of: dt.datetime) -> Outcome:
     return expiry(rt, as_of + dt.timedelta(days=EXPIRY_AHEAD_DAYS))
 
 
+#: Runs the ``backlog`` job still has to make before it has caught up.
+BACKLOG = 0
+
+
+def backlog(rt: Runtime, as_of: dt.datetime) -> Outcome:
+    """Works off one unit of :data:`BACKLOG` a run, and says while more is left."""
+    global BACKLOG
+    BACKLOG = max(0, BACKLOG - 1)
+    return Outcome(rows=1, detail=f"{BACKLOG} left", more=BACKLOG > 0)
+
+
 def broken(rt: Runtime, as_of: dt.datetime) -> Outcome:
     raise RuntimeError("the broken probe fails on purpose")
 
@@ -49,6 +60,7 @@ PROBES = {
     for j in [
         Job("probe", "sleeps a moment and reports one row", "tests.probe_jobs:probe", {"trigger": "cron", "hour": 3}),
         Job("broken", "always fails", "tests.probe_jobs:broken", {"trigger": "cron", "hour": 4, "minute": 30}),
+        Job("backlog", "one unit of a backlog a run", "tests.probe_jobs:backlog", {"trigger": "cron", "hour": 6}),
         Job(
             "expiry_later",
             "the expiry job, 25 months ahead",
@@ -84,4 +96,9 @@ if __name__ == "__main__":
         from loyalty.tiers import jobs as tier_jobs
 
         tier_jobs.CHUNK = member_jobs.EXPIRY_CHUNK = int(os.environ["PROBE_CHUNK"])
+    # Smaller claims, so that runs in several processes take turns on one subscription (tests/test_webhooks.py).
+    if os.environ.get("PROBE_WEBHOOK_BATCH"):
+        from loyalty.events import webhooks
+
+        webhooks.BATCH = int(os.environ["PROBE_WEBHOOK_BATCH"])
     main(prog_name="loyalty")

@@ -24,7 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from loyalty.config import Settings, parse_job_intervals
 from loyalty.db import make_engine, transaction
-from loyalty.jobs import JOBS
+from loyalty.jobs import JOBS, scheduler
 from loyalty.jobs.leader import FileLeadership, Leadership, PostgresLeadership, leadership_for
 from loyalty.jobs.models import job_runs
 from loyalty.jobs.runner import run_job
@@ -292,6 +292,26 @@ def test_schedules_are_cron_in_the_programme_zone_unless_an_interval_overrides_t
     assert describe(JOBS["webhooks"], lifecycle.timezone, {"webhooks": 1}) == "every 1 second (LOYALTY_JOB_INTERVALS)"
     assert describe(JOBS["webhooks"], lifecycle.timezone, {}) == "every 5 seconds"
     assert describe(JOBS["tier_review"], lifecycle.timezone, {}) == "cron month=1,4,7,10 day=1 hour=2 (Asia/Shanghai)"
+
+
+@pytest.mark.committed  # the runs are made on the scheduler's threads
+def test_a_run_that_stops_with_work_left_is_followed_by_another_at_once(runtime, probes, monkeypatch):
+    """The ``backlog`` probe, scheduled daily, reports more work left after each of its first two runs:
+    it runs three times back to back, then waits for its schedule."""
+    monkeypatch.setattr(scheduler, "JOBS", {"backlog": JOBS["backlog"]})
+    monkeypatch.setattr(probe_jobs, "BACKLOG", 3)
+    schedule = JobSchedule(runtime)
+    schedule.start()
+    try:
+        schedule.scheduler.modify_job("backlog", next_run_time=dt.datetime.now(schedule.zone))
+        done = wait_for("three runs", lambda: (r := runs(runtime.engine, "backlog")) and len(r) >= 3 and r, 30)
+        stays("no fourth run", lambda: len(runs(runtime.engine, "backlog")) == 3, 1.0)
+        assert [r.detail for r in done] == ["2 left", "1 left", "0 left"]
+        assert all(r.status == "succeeded" for r in done)
+        next_run = schedule.scheduler.get_job("backlog").next_run_time
+        assert (next_run.hour, next_run.minute) == (6, 0)  # its cron time again
+    finally:
+        schedule.stop()
 
 
 def test_cron_schedules_follow_the_time_zone_of_a_newly_published_programme(runtime, clock, probes):

@@ -135,6 +135,32 @@ def test_a_sealed_secret_that_cannot_be_opened_fails_the_run_and_spends_no_attem
     assert [signed_with(SECRET, r) for r in receiver.received] == [True]
 
 
+@pytest.mark.committed
+def test_a_secret_that_cannot_be_opened_holds_back_only_its_own_subscription(client, runtime, receiver):
+    """Another subscription's deliveries go out in the same run; the run still fails, naming the key."""
+    broken = client.post("/v1/webhooks", json={"url": f"{receiver.url}/broken", "secret": SECRET}).get_json()
+    working = client.post("/v1/webhooks", json={"url": f"{receiver.url}/working", "secret": SECRET}).get_json()
+    other = Sealer(OTHER_KEY, webhooks.PURPOSE)
+    with transaction(runtime.engine) as conn:
+        conn.execute(
+            webhook_subscriptions.update()
+            .where(webhook_subscriptions.c.id == broken["subscription_id"])
+            .values(secret_sealed=other.seal(broken["subscription_id"], SECRET))
+        )
+    event_id = event(runtime)
+    result = run(runtime)
+    assert result["status"] == "failed" and "does not open" in result["detail"], result
+    assert [(r.path, r.event_id) for r in receiver.received] == [("/hooks/loyalty/working", event_id)]
+    assert signed_with(SECRET, receiver.received[0])
+    with transaction(runtime.engine, readonly=True) as conn:
+        d = webhook_deliveries.c
+        rows = conn.execute(sa.select(d.subscription_id, d.status, d.attempts)).all()
+    assert {tuple(r) for r in rows} == {
+        (broken["subscription_id"], "pending", 0),
+        (working["subscription_id"], "delivered", 1),
+    }
+
+
 def subscribe_before_sealing(rt: Runtime, url: str) -> str:
     """A subscription as the release before 0011 wrote it, on its schema: the secret in clear."""
     subscription_id = str(uuid.uuid4())

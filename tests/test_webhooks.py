@@ -5,22 +5,32 @@ on PostgreSQL shows only events of transactions that have ended."""
 
 from __future__ import annotations
 
+import base64
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from loyalty.config import Settings
 from loyalty.db import transaction
@@ -31,6 +41,7 @@ from loyalty.jobs.runner import run_job
 from loyalty.runtime import Outcome, Runtime
 from tests.conftest import make_key
 from tests.helpers import enrol, txn
+from tests.probe_jobs import environment
 from tests.test_events_feed import settle
 
 SECRET = "whsec-0123456789abcdef"  # noqa: S105  (a test secret)
@@ -55,23 +66,40 @@ class Received:
 
 
 class Receiver:
-    """An HTTP server on 127.0.0.1 that records every request and answers as it is told.
+    """An HTTP/1.1 server on 127.0.0.1 that keeps connections open, records every request and
+    answers as it is told.
 
     It answers 200 unless ``script`` holds answers for the next requests (a
     status, or ``"hang"``: nothing until well past the sender's timeout) or
-    ``by_event`` an answer for every request of one event id."""
+    ``by_event`` an answer for every request of one event id. With
+    ``drop_after_answer`` it closes each connection after answering without
+    saying so (as a server whose keep-alive time ran out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
+        #: the answer to each request, in the order of ``received``
+        self.answers: list[int | str] = []
         self.script: list[int | str] = []
         self.by_event: dict[str, int] = {}
+        #: (path, event id) answered 503 the first time, as they come
+        self.fail_once: set[tuple[str, str]] = set()
         #: seconds to wait before each answer
         self.delay = 0.0
+        self.drop_after_answer = False
+        #: TCP connections accepted
+        self.connections = 0
         self.lock = threading.Lock()
         self.release = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver.lock:
+                    receiver.connections += 1
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 answer = receiver.answer(Received(self.path, dict(self.headers), body))
@@ -84,6 +112,9 @@ class Receiver:
                     self.send_header("Location", "/elsewhere")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                if receiver.drop_after_answer:
+                    self.wfile.flush()
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the base class's name)
                 pass
@@ -98,15 +129,24 @@ class Receiver:
                     super().handle_error(request, client_address)
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/loyalty"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}/hooks/loyalty"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def answer(self, request: Received) -> int | str:
         with self.lock:
             self.received.append(request)
             if request.event_id in self.by_event:
-                return self.by_event[request.event_id]
-            return self.script.pop(0) if self.script else 200
+                answer = self.by_event[request.event_id]
+            elif (request.path, request.event_id) in self.fail_once:
+                self.fail_once.discard((request.path, request.event_id))
+                answer = 503
+            else:
+                answer = self.script.pop(0) if self.script else 200
+            self.answers.append(answer)
+            return answer
 
     def ids(self) -> list[str]:
         with self.lock:
@@ -722,6 +762,296 @@ def test_overlapping_runs_send_each_delivery_once(client, runtime, clock, receiv
         body = json.loads(r.body)
         by_member.setdefault(body["member_id"], []).append(body["data"]["n"])
     assert by_member == {m: [0, 1, 2, 3, 4] for m in members}
+
+
+def subscribe_many(client: Any, receiver: Receiver, count: int) -> dict[str, str]:
+    """``count`` subscriptions to the receiver, each at a path of its own: path -> subscription id."""
+    return {f"/hooks/loyalty/{i}": subscribe(client, f"{receiver.url}/{i}")["subscription_id"] for i in range(count)}
+
+
+def emit_for(rt: Runtime, members: list[str], per_member: int) -> dict[str, list[str]]:
+    """``per_member`` events of each member, in transactions of a few events of several members
+    each (as bookings write them); returns each member's event ids in feed order."""
+    ids: dict[str, list[str]] = {m: [] for m in members}
+    for n in range(per_member):
+        for start in range(0, len(members), 5):
+            with transaction(rt.engine) as conn:
+                for member in members[start : start + 5]:
+                    emit(conn, "points.accrued", member_id=member, payload={"n": n}, now=rt.now())
+                    ids[member].append(str(conn.execute(sa.select(sa.func.max(events.c.id))).scalar_one()))
+    settle(rt.engine)
+    return ids
+
+
+def undelivered(rt: Runtime) -> int:
+    with rt.engine.connect() as conn:
+        query = sa.text("SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'")
+        return int(conn.execute(query).scalar_one())
+
+
+def assert_in_order_once(receiver: Receiver, paths: list[str], feed: dict[str, list[str]]) -> None:
+    """For every subscription: each event answered 2xx exactly once, and no event of a member sent
+    before every earlier event of the member had been answered 2xx (requests in arrival order)."""
+    with receiver.lock:
+        requests = list(zip(receiver.received, receiver.answers, strict=True))
+    place = {event_id: (member, i) for member, ids in feed.items() for i, event_id in enumerate(ids)}
+    for path in paths:
+        accepted: set[str] = set()
+        for request, answer in ((r, a) for r, a in requests if r.path == path):
+            member, i = place[request.event_id]
+            earlier = feed[member][:i]
+            assert set(earlier) <= accepted, f"{path}: event {request.event_id} of {member} sent before {earlier}"
+            if answer == 200:
+                assert request.event_id not in accepted, f"{path}: event {request.event_id} delivered twice"
+                accepted.add(request.event_id)
+        assert accepted == set(place), path
+
+
+@pytest.mark.committed
+@pytest.mark.xdist_group("races")
+def test_concurrent_runs_send_each_members_events_once_in_order_through_failures(
+    client, rt, clock, receiver, monkeypatch
+):
+    """Four runs at once over three subscriptions, in small claims, while a fifth of the deliveries
+    fail at their first attempt: each event is delivered once to each subscription, and a member's
+    next event is never sent before the previous one was delivered."""
+    monkeypatch.setattr(webhooks, "BATCH", 16)
+    monkeypatch.setattr(webhooks, "FANOUT_CHUNK", 40)
+    rt = tuned(rt, webhook_timeout_seconds=10)  # no timeout on a loaded machine: only the failures made here
+    paths = list(subscribe_many(client, receiver, 3))
+    members = [f"m{i:02d}" for i in range(24)]
+    feed = emit_for(rt, members, 6)
+    every = [event_id for ids in feed.values() for event_id in ids]
+    receiver.fail_once = {(path, event_id) for path in paths for event_id in every[::5]}
+    failures = len(receiver.fail_once)
+    receiver.delay = 0.002
+
+    def one_run(barrier: threading.Barrier) -> Outcome:
+        barrier.wait(timeout=30)
+        return webhooks.deliver(rt, clock())
+
+    outcomes: list[Outcome] = []
+    for _ in range(10):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outcomes += pool.map(one_run, [threading.Barrier(4)] * 4)
+        if undelivered(rt) == 0:
+            break
+        clock.advance(hours=2)  # past every backoff
+
+    assert_in_order_once(receiver, paths, feed)
+    assert sum(o.errors for o in outcomes) == failures
+    with rt.engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT status, count(*) FROM webhook_deliveries GROUP BY status")).all()
+        attempts = conn.execute(sa.text("SELECT max(attempts) FROM webhook_deliveries")).scalar_one()
+    assert [tuple(s) for s in statuses] == [("delivered", 3 * len(every))]
+    assert attempts == 2
+    assert len(receiver.received) == 3 * len(every) + failures
+
+
+@pytest.mark.postgres_only
+@pytest.mark.committed
+@pytest.mark.xdist_group("races")
+def test_runs_in_separate_processes_send_each_members_events_once_in_order(client, rt, receiver, database_url):
+    """Three processes run the job over and over at once (``loyalty jobs run webhooks``, each on its own
+    connections), taking turns on two subscriptions in claims of eight: each event reaches each
+    subscription once, each member's in feed order."""
+    paths = list(subscribe_many(client, receiver, 2))
+    members = [f"p{i:02d}" for i in range(30)]
+    feed = emit_for(rt, members, 10)
+    receiver.delay = 0.005
+    env = environment(
+        database_url,
+        LOYALTY_SECRET_KEY=rt.settings.secret_key,
+        LOYALTY_WEBHOOK_TIMEOUT_SECONDS="10",
+        PROBE_WEBHOOK_BATCH="8",
+    )
+
+    def runs() -> list[dict[str, Any]]:
+        done = []
+        for _ in range(20):
+            job = subprocess.run(
+                [sys.executable, "-m", "tests.probe_jobs", "jobs", "run", "webhooks"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert job.returncode == 0, job.stderr
+            done.append(json.loads(job.stdout))
+            if " 0 delivered" in done[-1]["detail"] and "more due" not in done[-1]["detail"]:
+                break
+        return done
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = [run for process in pool.map(lambda _: runs(), range(3)) for run in process]
+
+    assert_in_order_once(receiver, paths, feed)
+    assert len(receiver.received) == 2 * 300  # no failure, no repeat
+    working = {run["runner"] for run in done if not run["detail"].startswith("0 queued, 0 delivered")}
+    assert len(working) >= 2, done  # the processes took turns
+    assert undelivered(rt) == 0
+
+
+@pytest.mark.committed
+def test_deliveries_share_a_few_kept_connections(client, rt, receiver):
+    subscribe(client, receiver.url)
+    ids = [event(rt, member_id=f"m{i}") for i in range(40)]
+    result = run(rt)
+    assert result["detail"].startswith("40 queued, 40 delivered")
+    assert sorted(receiver.ids(), key=int) == ids
+    assert receiver.connections <= webhooks.SENDERS  # one per sender, not one per delivery
+
+
+@pytest.mark.committed
+def test_a_kept_connection_the_receiver_closed_is_opened_again_without_a_failed_attempt(client, rt, receiver):
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    receiver.drop_after_answer = True
+    ids = [event(rt, member_id="m1") for _ in range(4)]  # one member: one sender, one connection
+    result = run(rt)
+    assert (result["errors"], result["detail"][:22]) == (0, "4 queued, 4 delivered,")
+    assert receiver.ids() == ids
+    assert receiver.connections == 4
+    assert [(d["status"], d["attempts"]) for d in deliveries(client, sub)] == [("delivered", 1)] * 4
+
+
+@pytest.mark.committed
+def test_deliveries_go_through_the_proxy_the_environment_names(client, rt, receiver, monkeypatch):
+    """``http_proxy`` is used for http URLs, with its credentials; ``no_proxy`` hosts are reached directly."""
+    proxy = receiver.url.rsplit("/hooks/", 1)[0].replace("http://", "http://relay:pa%40ss@")
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.setenv("no_proxy", "hooks.direct.test")
+    subscribe(client, "http://hooks.example.test:8080/in?via=proxy")
+    proxied = event(rt)
+    run(rt)
+    [request] = receiver.received
+    assert (request.event_id, request.path) == (proxied, "http://hooks.example.test:8080/in?via=proxy")
+    assert request.headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"relay:pa@ss").decode()
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    direct = subscribe(client, receiver.url)["subscription_id"]
+    event(rt)
+    assert run(rt)["errors"] == 1  # the proxied subscription's, through a proxy that is gone
+    assert receiver.received[-1].path == "/hooks/loyalty"
+    assert "Proxy-Authorization" not in receiver.received[-1].headers
+    assert [d["status"] for d in deliveries(client, direct)] == ["delivered"]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate, key) in PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "receiver.pem", folder / "receiver.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+@pytest.mark.committed
+def test_an_https_receiver_is_reached_only_with_a_certificate_it_can_verify(client, rt, clock, tmp_path, monkeypatch):
+    cert_file, key_file = self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_file, key_file)
+    receiver = Receiver(tls)
+    receiver.thread.start()
+    try:
+        sub = subscribe(client, receiver.url)["subscription_id"]
+        ids = [event(rt, member_id=f"m{i % 2}") for i in range(6)]
+        assert run(rt)["errors"] == 2  # the first of each member's: the certificate is not trusted
+        failed = deliveries(client, sub, "?status=pending")
+        assert all("CERTIFICATE_VERIFY_FAILED" in d["last_error"] for d in failed if d["attempts"])
+        assert receiver.received == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # trusted from now on
+        clock.advance(hours=2)
+        assert run(rt)["detail"].startswith("0 queued, 6 delivered")
+        assert sorted(receiver.ids(), key=int) == ids
+        assert receiver.connections <= 2  # a kept connection for each member's sender
+        assert all(verify(SECRET, r.headers, r.body, clock().timestamp()) for r in receiver.received)
+    finally:
+        receiver.release.set()
+        receiver.server.shutdown()
+        receiver.server.server_close()
+        receiver.thread.join(timeout=5)
+
+
+@pytest.mark.committed
+def test_a_run_stops_after_its_time_and_says_more_is_due(client, rt, clock, receiver, monkeypatch):
+    monkeypatch.setattr(webhooks, "BATCH", 3)
+    monkeypatch.setattr(webhooks, "RUN_SECONDS", 0)
+    subscribe(client, receiver.url)
+    ids = [event(rt, member_id=f"m{i % 4}") for i in range(10)]
+    settle(rt.engine)
+    outcomes = [webhooks.deliver(rt, clock())]
+    while outcomes[-1].more:
+        outcomes.append(webhooks.deliver(rt, clock()))
+    assert [o.detail for o in outcomes] == [
+        "10 queued, 3 delivered, 0 failed attempts (0 now dead); more due",
+        "0 queued, 3 delivered, 0 failed attempts (0 now dead); more due",
+        "0 queued, 3 delivered, 0 failed attempts (0 now dead); more due",
+        "0 queued, 1 delivered, 0 failed attempts (0 now dead)",
+    ]
+    with receiver.lock:
+        rounds = [{r.event_id for r in receiver.received[i : i + 3]} for i in range(0, 10, 3)]
+    assert rounds == [set(ids[i : i + 3]) for i in range(0, 10, 3)]  # the earliest in the feed first
+    for member in ("m0", "m1", "m2", "m3"):
+        mine = [r.event_id for r in receiver.received if json.loads(r.body)["member_id"] == member]
+        assert mine == [i for n, i in enumerate(ids) if n % 4 == int(member[1])]
+
+
+@pytest.mark.committed
+def test_a_sender_out_of_time_gives_its_claims_back_unattempted(client, rt, clock, receiver, monkeypatch):
+    """A sender starts no delivery past its window (so none is still sending when its claim runs out):
+    the rest go back to due, with no attempt spent, and a later round sends them in order."""
+    monkeypatch.setattr(webhooks, "SEND_WINDOW", dt.timedelta(seconds=1.2))
+    monkeypatch.setattr(webhooks, "RUN_SECONDS", 0)
+    sub = subscribe(client, receiver.url)["subscription_id"]
+    ids = [event(rt, member_id="m1") for _ in range(5)]  # one member: one sender, one after the other
+    receiver.delay = 0.5  # three answers fit in the window (at 0, 0.5 and 1 s), the fourth would not
+    settle(rt.engine)
+    box = webhooks.optional_sealer(rt.settings.secret_key)
+    assert webhooks.fan_out(rt.engine, clock()) == 5
+    assert webhooks.send_due(rt, clock(), webhooks.Tally(), box) is True  # one round, and more due
+    sent = len(receiver.ids())
+    assert 1 <= sent <= 3 and receiver.ids() == ids[:sent]
+    assert [(d["status"], d["attempts"]) for d in deliveries(client, sub)][::-1] == [("delivered", 1)] * sent + [
+        ("pending", 0)
+    ] * (5 - sent)
+    assert all(when(d["next_attempt_at"]) <= clock() for d in deliveries(client, sub, "?status=pending"))
+    for _ in range(5):
+        if not webhooks.send_due(rt, clock(), webhooks.Tally(), box):
+            break
+    assert receiver.ids() == ids
+
+
+def test_senders_share_the_deliveries_out_keeping_each_members_together_and_in_order():
+    Row = collections.namedtuple("Row", "id member_id")
+    rows = [Row(i, f"m{i % 5}" if i % 7 else None) for i in range(1, 61)]
+    split = webhooks.lanes(rows, 4)
+    assert len(split) == 4
+    assert sorted(r.id for lane in split for r in lane) == [r.id for r in rows]
+    for lane in split:
+        assert [r.id for r in lane] == sorted(r.id for r in lane)
+    for member in {r.member_id for r in rows} - {None}:
+        assert sum(any(r.member_id == member for r in lane) for lane in split) == 1, member
+    assert max(map(len, split)) - min(map(len, split)) <= 12  # a member's share at most
+    assert webhooks.lanes(rows[:2], 8) == [[rows[0]], [rows[1]]]
+    assert webhooks.lanes([], 8) == []
 
 
 # --- settings and backoff ------------------------------------------------------------------------

@@ -29,6 +29,12 @@ def run_job(rt: Runtime, name: str, as_of: dt.datetime | None = None) -> dict[st
 
     A job that raises is recorded as failed, with the error, and the error is
     not raised again: the scheduler carries on and the next run resumes."""
+    return run_and_record(rt, name, as_of)[0]
+
+
+def run_and_record(rt: Runtime, name: str, as_of: dt.datetime | None = None) -> tuple[dict[str, Any], Outcome]:
+    """:func:`run_job`, also returning the job's :class:`~loyalty.runtime.Outcome` (the scheduler
+    reads ``more`` from it)."""
     job = JOBS.get(name)
     if job is None:
         raise NotFound(f"no job {name!r}; jobs: {', '.join(JOBS)}", field="name")
@@ -57,7 +63,7 @@ def run_job(rt: Runtime, name: str, as_of: dt.datetime | None = None) -> dict[st
                 detail=outcome.detail or None,
             )
         )
-        return run_json(conn.execute(sa.select(job_runs).where(job_runs.c.id == run_id)).one())
+        return run_json(conn.execute(sa.select(job_runs).where(job_runs.c.id == run_id)).one()), outcome
 
 
 def run_json(row: Any) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Any number of ``loyalty scheduler`` processes may run against one database;
 the one that holds the scheduler lock (:mod:`loyalty.jobs.leader`) leads and
 runs the jobs of :data:`loyalty.jobs.JOBS` with APScheduler, each firing
-:func:`loyalty.jobs.runner.run_job`. The others stand by and try to take the
+:func:`loyalty.jobs.runner.run_job`; a run that stops with work left
+(``Outcome.more``) is followed by another at once. The others stand by and try to take the
 lock every ``LOYALTY_SCHEDULER_STANDBY_SECONDS``; when the leader dies its lock
 goes with it and a standby takes over. The leader checks as often that it
 still holds the lock, and stops running jobs as soon as it finds it does not.
@@ -11,6 +12,7 @@ still holds the lock, and stops running jobs as soon as it finds it does not.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import signal
@@ -20,7 +22,9 @@ from types import FrameType
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -30,7 +34,7 @@ from loyalty.db import transaction
 from loyalty.jobs import JOBS, Job
 from loyalty.jobs.leader import Leadership, leadership_for
 from loyalty.jobs.models import job_runs
-from loyalty.jobs.runner import run_job, runner_name
+from loyalty.jobs.runner import run_and_record, runner_name
 from loyalty.programmes.service import NoProgramme
 from loyalty.runtime import Runtime
 from rules.model import DEFAULT_TIMEZONE
@@ -82,6 +86,11 @@ def _amount(value: int, unit: str) -> str:
     return f"{value} {unit.removesuffix('s') if value == 1 else unit}"
 
 
+def fire(rt: Runtime, name: str) -> bool:
+    """One scheduled run of job ``name``; returns whether to run it again at once."""
+    return run_and_record(rt, name)[1].more
+
+
 def missed_fire(rt: Runtime, name: str, trigger: BaseTrigger, now: dt.datetime) -> bool:
     """Whether a cron job's last fire time, at most :data:`MISFIRE_GRACE_SECONDS` ago, passed
     with no run since: the previous leader died just before it or while starting it."""
@@ -109,6 +118,9 @@ class JobSchedule:
             executors={"default": ThreadPoolExecutor(max_workers=len(JOBS))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
         )
+        self.stopping = threading.Event()
+        # Called once the run has ended (APScheduler counts it finished first), so the next can start.
+        self.scheduler.add_listener(self.again, EVENT_JOB_EXECUTED)
 
     def start(self, *, paused: bool = False) -> None:
         """Schedule every job and start; a cron job whose fire time was missed runs at once."""
@@ -116,7 +128,7 @@ class JobSchedule:
         for job in JOBS.values():
             trigger = trigger_for(job, self.zone, self.intervals)
             first = {"next_run_time": now} if missed_fire(self.rt, job.name, trigger, now) else {}
-            self.scheduler.add_job(run_job, trigger, args=[self.rt, job.name], id=job.name, name=job.name, **first)
+            self.scheduler.add_job(fire, trigger, args=[self.rt, job.name], id=job.name, name=job.name, **first)
             log.info("scheduled %s: %s", job.name, describe(job, self.zone, self.intervals))
         self.scheduler.start(paused=paused)
 
@@ -131,8 +143,15 @@ class JobSchedule:
             if job.name not in self.intervals:
                 self.scheduler.reschedule_job(job.name, trigger=trigger_for(job, zone, self.intervals))
 
+    def again(self, event: JobExecutionEvent) -> None:
+        """Run a job again at once when its run stopped with work left; its schedule goes on after."""
+        if event.retval is True and not self.stopping.is_set():
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.modify_job(event.job_id, next_run_time=dt.datetime.now(self.zone))
+
     def stop(self) -> None:
         """Start no more runs, and wait for those running to finish."""
+        self.stopping.set()
         self.scheduler.shutdown(wait=True)
 
 
