@@ -600,8 +600,9 @@ _EXPIRY_DIGEST = chain.sql_digest(
 
 #: One statement posting the lapse of a set of locked members' lots, on PostgreSQL: per member
 #: with lapsed points, what :func:`expire` writes (the account bumped and its chain moved on, one
-#: ``expiry`` entry with its two postings, sealed, a consumption per lot, the lots emptied);
-#: returns the lapsed lots, each with its member's entry, first-expiring-first per member.
+#: ``expiry`` entry with its two postings, sealed, a consumption per lot) but for emptying the lots
+#: (:data:`EMPTY_LAPSED`, next); returns the lapsed lots, each with its member's entry,
+#: first-expiring-first per member.
 EXPIRE_SET = (
     sa.text(
         f"""
@@ -628,9 +629,6 @@ EXPIRE_SET = (
     ), consumed AS (
         INSERT INTO lot_consumptions (member_id, entry_id, lot_id, points)
         SELECT l.member_id, t.entry_id, l.id, l.remaining FROM lapsed AS l JOIN totals AS t USING (member_id)
-    ), emptied AS (
-        UPDATE point_lots AS pl SET remaining = pl.remaining - l.remaining
-        FROM lapsed AS l WHERE pl.member_id = l.member_id AND pl.id = l.id
     )
     SELECT b.member_id, CAST(b.entry_id AS text) AS entry_id, b.entry_seq, b.points, b.balance, b.held,
            CAST(l.id AS text) AS lot_id, l.remaining, l.expires_at
@@ -643,14 +641,24 @@ EXPIRE_SET = (
 )
 
 
+#: The lots :data:`EXPIRE_SET` lapsed, emptied. A statement of its own, after it: the foreign-key
+#: check of each new consumption then finds its lot as it was, where in the same statement it had
+#: to find the lot's new version among the old ones (a check five times as costly, a third of the
+#: job's time).
+EMPTY_LAPSED = sa.text(
+    "UPDATE point_lots SET remaining = 0 WHERE member_id = ANY(:members) AND remaining > 0 AND expires_at <= :as_of"
+).bindparams(sa.bindparam("as_of", type_=UTCDateTime()))
+
+
 def expire_members(
     conn: Connection, member_ids: Sequence[str], *, as_of: dt.datetime, now: dt.datetime
 ) -> dict[str, Posted]:
     """:func:`expire` for many members at once, set-based (PostgreSQL only): the same rows with
-    the same values, in two statements whatever the number of members or lots: one locks the
+    the same values, in three statements whatever the number of members or lots: one locks the
     members' accounts in member id order (as :func:`expire` does one by one), one posts every
-    lapse (:data:`EXPIRE_SET`). Each entry's ``posted_at`` is ``now``. Returns what
-    was posted per member that had points lapse (by member id, in member id order)."""
+    lapse (:data:`EXPIRE_SET`), one empties the lots (:data:`EMPTY_LAPSED`). Each entry's
+    ``posted_at`` is ``now``. Returns what was posted per member that had points lapse (by member
+    id, in member id order)."""
     ma = member_accounts.c
     locked = list(
         conn.execute(
@@ -677,6 +685,7 @@ def expire_members(
         if p is None:
             p = posted[r.member_id] = Posted(r.entry_id, int(r.entry_seq), -int(r.points), int(r.balance), int(r.held))
         p.lots.append({"id": r.lot_id, "points": int(r.remaining), "expires_at": r.expires_at})
+    conn.execute(EMPTY_LAPSED, {"members": locked, "as_of": as_of})
     return posted
 
 
