@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +29,7 @@ from sqlalchemy.engine import Connection
 from loyalty.analytics import catalogue
 from loyalty.analytics.models import ALL, feedback
 from loyalty.analytics.periods import Span, overlapping, previous
-from loyalty.db import scratch
+from loyalty.db import UTCDateTime, scratch
 from loyalty.ledger.models import accounts, postings
 from loyalty.records.models import member_profiles, transactions
 from loyalty.redemption.models import redemption_refusals, redemptions
@@ -114,16 +116,203 @@ def held(span: Span) -> sa.Subquery:
     return held_query(span).subquery("held")
 
 
-def materialise_held(conn: Connection, span: Span) -> sa.Table:
-    """:func:`held` written once to a temporary table, for the many figures that read it."""
+HELD_MEASURES = ("members", "profiles", "products", "multi_product", "aum_members", "aum_fen")
+
+
+@dataclass(frozen=True)
+class Held:
+    """Who held which tier in one period (:func:`held_query`), summed: per tier and over all
+    tiers (``*``, each member once) the members and their profiles' figures
+    (:data:`HELD_MEASURES`); and the members who held more than one tier, with those tiers."""
+
+    by_tier: dict[str, dict[str, int]]
+    changers: dict[str, set[str]]
+
+
+def _profile_figures() -> list[tuple[str, Any]]:
+    """Each of :data:`HELD_MEASURES` as the figure one member adds (their profile's, if any)."""
+    mp = member_profiles.c
+    return [
+        ("members", sa.literal(1)),
+        ("profiles", sa.case((mp.member_id.is_not(None), 1), else_=0)),
+        ("products", sa.func.coalesce(products_held(mp.products_held), 0)),
+        ("multi_product", sa.case((products_held(mp.products_held) >= 2, 1), else_=0)),
+        ("aum_members", sa.case((mp.aum.is_not(None), 1), else_=0)),
+        ("aum_fen", sa.func.coalesce(mp.aum, 0)),
+    ]
+
+
+def products_held(column: Any) -> sa.ColumnElement[int]:
+    """How many products a ``,a,b,``-style list names."""
+    return sa.case(
+        (sa.func.coalesce(sa.func.length(column), 0) <= 1, 0),
+        else_=sa.func.length(column) - sa.func.length(sa.func.replace(column, ",", "")) - 1,
+    )
+
+
+def held_in(conn: Connection, spans: Sequence[Span]) -> list[Held]:
+    """:class:`Held` for each of ``spans`` (of one kind, in order), in one pass over the tier history.
+
+    Each tier change is in force from its moment to the next change's and so covers a run of
+    consecutive periods; the runs of one member and tier are merged, and every figure of a period
+    is the running sum of the runs starting minus those ended before it. A member holds more than
+    one tier in a period only if a change other than their first falls strictly inside it."""
+    if not spans:
+        return []
+    period = scratch(
+        conn,
+        "analytics_periods",
+        sa.Column("idx", sa.Integer, primary_key=True),
+        sa.Column("s", UTCDateTime, nullable=False),
+        sa.Column("e", UTCDateTime, nullable=False),
+    )
+    conn.execute(period.insert(), [{"idx": i, "s": sp.bounds.start, "e": sp.bounds.end} for i, sp in enumerate(spans)])
+    runs = _tier_runs(conn, period, spans[-1].bounds.end, len(spans) - 1)
+    moves: dict[str, list[dict[str, int]]] = defaultdict(lambda: [dict.fromkeys(HELD_MEASURES, 0) for _ in spans])
+    for r in _run_deltas(conn, runs):
+        cell = moves[r.tier][r.idx] if r.idx < len(spans) else None
+        if cell is not None:
+            for name in HELD_MEASURES:
+                cell[name] += int(getattr(r, name))
+    out = [Held({ALL: dict.fromkeys(HELD_MEASURES, 0)}, {}) for _ in spans]
+    for tier, deltas in moves.items():
+        running = dict.fromkeys(HELD_MEASURES, 0)
+        for i, delta in enumerate(deltas):
+            running = {name: running[name] + delta[name] for name in HELD_MEASURES}
+            if running["members"] or tier == ALL:
+                out[i].by_tier[tier] = dict(running)
+    tiers_of: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for idx, member_id, tier in conn.execute(_changers(runs, period)):
+        tiers_of[(idx, member_id)].add(tier)
+    for (idx, member_id), tiers in tiers_of.items():
+        if len(tiers) > 1:
+            out[idx].changers[member_id] = tiers
+    runs.drop(conn)
+    period.drop(conn)
+    return out
+
+
+def _tier_runs(conn: Connection, period: sa.Table, end: dt.datetime, last: int) -> sa.Table:
+    """Each tier change before ``end`` with the periods it is in force in, ``first`` to ``last``
+    (``first > last`` when none), written to a temporary table."""
+    tc, p = tier_changes.c, period.c
+    order = (tc.changed_at, sa.case((tc.from_tier.is_(None), 0), else_=1))
+    changes = (
+        sa.select(
+            tc.member_id,
+            tc.to_tier.label("tier"),
+            tc.changed_at.label("since"),
+            sa.func.lead(tc.changed_at).over(partition_by=tc.member_id, order_by=order).label("until"),
+            (sa.func.row_number().over(partition_by=tc.member_id, order_by=order) > 1).label("later"),
+        )
+        .where(tc.changed_at < end)
+        .subquery("changes")
+    )
+    c = changes.c
+    first = sa.select(p.idx).where(p.e > c.since).order_by(p.e).limit(1).scalar_subquery()
+    last_before = sa.select(p.idx).where(p.s < c.until).order_by(p.s.desc()).limit(1).scalar_subquery()
+    runs = scratch(
+        conn,
+        "analytics_runs",
+        sa.Column("member_id", sa.String(64), nullable=False),
+        sa.Column("tier", sa.String(64), nullable=False),
+        sa.Column("since", UTCDateTime, nullable=False),
+        sa.Column("until", UTCDateTime),
+        sa.Column("later", sa.Boolean, nullable=False),
+        sa.Column("first", sa.Integer),
+        sa.Column("last", sa.Integer),
+    )
+    columns = ["member_id", "tier", "since", "until", "later", "first", "last"]
+    last_held = sa.case((c.until.is_(None), last), else_=last_before)
+    conn.execute(
+        runs.insert().from_select(columns, sa.select(c.member_id, c.tier, c.since, c.until, c.later, first, last_held))
+    )
+    sa.Index("ix_analytics_runs_member_id", runs.c.member_id).create(conn)
+    return runs
+
+
+def _run_deltas(conn: Connection, runs: sa.Table) -> list[Any]:
+    """Per tier (and ``*``) and period index, the figures of the merged runs starting there less
+    those of the runs that ended just before: running sums of these are the periods' figures."""
+    r = runs.c
+    held = r.first <= r.last
+    # The runs of one member and tier, merged where they share a period (a member who left a
+    # tier and came back within one period is counted in it once).
+    reached = sa.func.max(r.last).over(partition_by=(r.member_id, r.tier), order_by=(r.first, r.last), rows=(None, -1))
+    marked = (
+        sa.select(r.member_id, r.tier, r.first, r.last, sa.case((r.first <= reached, 0), else_=1).label("fresh"))
+        .where(held)
+        .subquery("marked")
+    )
+    mk = marked.c
+    numbered = sa.select(
+        mk.member_id,
+        mk.tier,
+        mk.first,
+        mk.last,
+        sa.func.sum(mk.fresh).over(partition_by=(mk.member_id, mk.tier), order_by=(mk.first, mk.last)).label("run"),
+    ).subquery("numbered")
+    n = numbered.c
+    by_tier = sa.select(
+        n.member_id, n.tier, sa.func.min(n.first).label("first"), sa.func.max(n.last).label("last")
+    ).group_by(n.member_id, n.tier, n.run)
+    # A member's changes follow one another, so the periods they held any tier in are one run.
+    any_tier = (
+        sa.select(r.member_id, sa.literal(ALL).label("tier"), sa.func.min(r.first), sa.func.max(r.last))
+        .where(held)
+        .group_by(r.member_id)
+    )
+    merged = sa.union_all(by_tier, any_tier).subquery("merged")
+    m = merged.c
+    figures = _profile_figures()
     table = scratch(
         conn,
-        "analytics_held",
-        sa.Column("member_id", sa.String(64), primary_key=True),
-        sa.Column("tier", sa.String(64), primary_key=True),
+        "analytics_held_runs",
+        sa.Column("tier", sa.String(64), nullable=False),
+        sa.Column("first", sa.Integer, nullable=False),
+        sa.Column("last", sa.Integer, nullable=False),
+        *(sa.Column(name, sa.BigInteger, nullable=False) for name, _ in figures),
     )
-    conn.execute(table.insert().from_select(["member_id", "tier"], held_query(span)))
-    return table
+    conn.execute(
+        table.insert().from_select(
+            ["tier", "first", "last", *(name for name, _ in figures)],
+            sa.select(m.tier, m.first, m.last, *(value for _, value in figures)).select_from(
+                merged.outerjoin(member_profiles, member_profiles.c.member_id == m.member_id)
+            ),
+        )
+    )
+    t = table.c
+    edges = [
+        sa.select(
+            t.tier, idx.label("idx"), *(sa.func.sum(t[name] * sign).label(name) for name in HELD_MEASURES)
+        ).group_by(t.tier, idx)
+        for idx, sign in ((t.first, 1), (t.last + 1, -1))
+    ]
+    rows = list(conn.execute(sa.union_all(*edges)))
+    table.drop(conn)
+    return rows
+
+
+def _changers(runs: sa.Table, period: sa.Table) -> sa.Select[Any]:
+    """``(period index, member, tier)`` of every member with a later change strictly inside a
+    period, for each tier they held in it."""
+    r, p = runs.c, period.c
+    inside = (
+        sa.select(r.member_id, p.idx)
+        .join(period, sa.and_(r.since > p.s, r.since < p.e))
+        .where(r.later)
+        .distinct()
+        .subquery("inside")
+    )
+    other = runs.alias("other")
+    o = other.c
+    return (
+        sa.select(inside.c.idx, inside.c.member_id, o.tier)
+        .join(period, p.idx == inside.c.idx)
+        .join(other, o.member_id == inside.c.member_id)
+        .where(o.since < p.e, sa.or_(o.until.is_(None), o.until > p.s))
+        .distinct()
+    )
 
 
 def in_span(column: Any, span: Span) -> sa.ColumnElement[bool]:
@@ -151,7 +340,7 @@ def _active(span: Span) -> sa.Subquery:
     )
 
 
-def tier_measures(conn: Connection, span: Span, zone: dt.tzinfo, h: Any) -> dict[str, dict[str, Any]]:
+def tier_measures(conn: Connection, span: Span, zone: dt.tzinfo, held: Held) -> dict[str, dict[str, Any]]:
     """Per tier (and ``*``): every measure of :data:`TIER_MEASURES` and the tier migrations."""
     out: dict[str, dict[str, Any]] = defaultdict(lambda: dict.fromkeys(TIER_MEASURES, 0))
 
@@ -159,7 +348,7 @@ def tier_measures(conn: Connection, span: Span, zone: dt.tzinfo, h: Any) -> dict
         for tier, values in found.items():
             out[tier].update(values)
 
-    merge(_by_tier_and_all(conn, h, ("members", sa.func.count(sa.distinct(h.c.member_id)))))
+    merge(held.by_tier)
     active = _active(span)
     merge(_by_tier_and_all(conn, active, ("active", sa.func.count(sa.distinct(active.c.member_id)))))
 
@@ -208,50 +397,6 @@ def tier_measures(conn: Connection, span: Span, zone: dt.tzinfo, h: Any) -> dict
             ("entering_win_back", sa.func.sum(sa.case((stages.c.to_stage == "win_back", 1), else_=0))),
         )
     )
-
-    # Cross-sell and assets: the profiles of the members of each tier.
-    mp = member_profiles.c
-    products = sa.case(
-        (sa.func.coalesce(sa.func.length(mp.products_held), 0) <= 1, 0),
-        else_=sa.func.length(mp.products_held) - sa.func.length(sa.func.replace(mp.products_held, ",", "")) - 1,
-    )
-    profiled = (
-        sa.select(h.c.member_id, h.c.tier, products.label("products"), mp.aum)
-        .join(member_profiles, mp.member_id == h.c.member_id)
-        .subquery("profiled")
-    )
-    pr = profiled.c
-    per_tier = sa.select(
-        pr.tier,
-        sa.func.count().label("profiles"),
-        sa.func.sum(pr.products).label("products"),
-        sa.func.sum(sa.case((pr.products >= 2, 1), else_=0)).label("multi_product"),
-        sa.func.count(pr.aum).label("aum_members"),
-        sa.func.sum(pr.aum).label("aum_fen"),
-    ).group_by(pr.tier)
-    names = ("profiles", "products", "multi_product", "aum_members", "aum_fen")
-    for r in conn.execute(per_tier):
-        out[r.tier].update({n: int(getattr(r, n) or 0) for n in names})
-    # Over all tiers each member once (a member who changed tier is in two rows of ``held``).
-    one = (
-        sa.select(
-            mp.member_id,
-            products.label("products"),
-            mp.aum,
-        )
-        .where(sa.exists().where(h.c.member_id == mp.member_id))
-        .subquery("one")
-    )
-    r = conn.execute(
-        sa.select(
-            sa.func.count().label("profiles"),
-            sa.func.sum(one.c.products).label("products"),
-            sa.func.sum(sa.case((one.c.products >= 2, 1), else_=0)).label("multi_product"),
-            sa.func.count(one.c.aum).label("aum_members"),
-            sa.func.sum(one.c.aum).label("aum_fen"),
-        )
-    ).one()
-    out[ALL].update({n: int(getattr(r, n) or 0) for n in names})
 
     fb = feedback.c
     answers = (
@@ -311,7 +456,7 @@ def benefit_measures(
     tiers: list[str],
     members_by_tier: dict[str, int],
     versions: dict[str, list[catalogue.Version]],
-    h: Any,
+    changers: dict[str, set[str]],
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (tier, benefit), with ``*`` totals: every measure of :data:`BENEFIT_MEASURES`, the
     cost by funding source and the refusals by reason."""
@@ -327,15 +472,9 @@ def benefit_measures(
         if offer.entitlement:
             quota = int(offer.entitlement["quota"]) * overlapping(offer.entitlement["period"], span, zone)
             out[(tier, code)]["quota_granted"] = eligible * quota
+
     # Over all tiers each member once: the per-tier counts less the extra tiers of the few
     # members who held more than one this period.
-    changers: dict[str, set[str]] = defaultdict(set)
-    several = sa.select(h.c.member_id).group_by(h.c.member_id).having(sa.func.count() > 1).subquery("several")
-    for member_id, tier in conn.execute(
-        sa.select(h.c.member_id, h.c.tier).join(several, several.c.member_id == h.c.member_id)
-    ):
-        changers[member_id].add(tier)
-
     def once(open_tiers: set[str]) -> int:
         total = sum(members_by_tier.get(t, 0) for t in open_tiers)
         return total - sum(max(len(ts & open_tiers) - 1, 0) for ts in changers.values())
@@ -418,17 +557,19 @@ def benefit_measures(
 
 
 def compute(
-    conn: Connection, span: Span, *, zone: dt.tzinfo, tiers: list[str]
+    conn: Connection, span: Span, *, zone: dt.tzinfo, tiers: list[str], held: Held | None = None
 ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
-    """The raw measures of ``span`` from the raw tables: per tier, and per (tier, benefit)."""
-    h = materialise_held(conn, span)
-    by_tier = tier_measures(conn, span, zone, h)
+    """The raw measures of ``span`` from the raw tables: per tier, and per (tier, benefit).
+    ``held`` is :func:`held_in` of the span where the caller computed it with other periods'."""
+    if held is None:
+        (held,) = held_in(conn, [span])
+    by_tier = tier_measures(conn, span, zone, held)
     all_tiers = list(dict.fromkeys([*tiers, *(t for t in by_tier if t != ALL)]))
     for tier in all_tiers:
         by_tier.setdefault(tier, {**dict.fromkeys(TIER_MEASURES, 0), "migrations": []})
     members_by_tier = {t: v["members"] for t, v in by_tier.items()}
-    by_benefit = benefit_measures(conn, span, zone, all_tiers, members_by_tier, catalogue.versions(conn), h)
-    h.drop(conn)
+    versions = catalogue.versions(conn)
+    by_benefit = benefit_measures(conn, span, zone, all_tiers, members_by_tier, versions, held.changers)
     return by_tier, by_benefit
 
 
