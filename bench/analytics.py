@@ -95,7 +95,8 @@ GENERATE = [
         """INSERT INTO transactions (member_id, transaction_id, type, amount, currency, occurred_at, points,
                                      balance_after, programme_version, received_at)
            SELECT member_id, member_id || '-' || k, 'card_purchase', 10000, 'CNY', t, 100, 0, 'bench', t
-             FROM members, generate_series(1, 5) k, LATERAL (SELECT :year + random() * interval '364 days' t) x""",
+             FROM (SELECT member_id, k, :year + random() * interval '364 days' AS t
+                     FROM members, generate_series(1, 5) k) x""",
     ),
     (
         "journal entries",
@@ -119,7 +120,7 @@ GENERATE = [
                   (ARRAY['phone-credit-10','phone-credit-30','food-delivery-coupon-20','video-membership-1m',
                          'gym-card-10-visits','supermarket-card-50'])[1 + (random() * 5)::int],
                   1, 1, 1000, 'fulfilled', t, t
-             FROM members m, LATERAL (SELECT :year + random() * interval '364 days' t) x""",
+             FROM (SELECT member_id, :year + random() * interval '364 days' AS t FROM members) m""",
     ),
     (
         "refusals",
@@ -132,7 +133,8 @@ GENERATE = [
         "feedback",
         """INSERT INTO member_feedback (member_id, feedback_id, score, benefit_code, answered_at, received_at)
            SELECT member_id, 'F' || member_id, (random() * 10)::int, 'gym-card-10-visits', t, t
-             FROM members, LATERAL (SELECT :year + random() * interval '364 days' t) x WHERE random() < 0.05""",
+             FROM (SELECT member_id, :year + random() * interval '364 days' AS t FROM members) x
+            WHERE random() < 0.05""",
     ),
     ("analyze", "ANALYZE"),
 ]
