@@ -24,7 +24,7 @@ from loyalty.cli import main
 from loyalty.db import transaction
 from loyalty.ledger import service as ledger
 from loyalty.ledger import verify
-from loyalty.ledger.models import journal_entries, postings
+from loyalty.ledger.models import entry_keys, journal_entries, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
 from loyalty.runtime import Runtime
@@ -363,18 +363,9 @@ def test_database_refuses_to_rewrite_the_ledger(healthy, table, statement):
 
 def _entry(rt: Runtime, conn: sa.Connection, seq: int) -> str:
     entry_id = ledger.new_id()
-    conn.execute(
-        journal_entries.insert().values(
-            member_id="m1",
-            id=entry_id,
-            seq=seq,
-            kind="adjustment",
-            source_ref=f"adj-{seq}",
-            points=10,
-            balance_after=0,
-            posted_at=rt.now(),
-        )
-    )
+    key = {"member_id": "m1", "seq": seq, "kind": "adjustment", "source_ref": f"adj-{seq}", "posted_at": rt.now()}
+    conn.execute(entry_keys.insert().values(entry_id=entry_id, **key))
+    conn.execute(journal_entries.insert().values(id=entry_id, points=10, balance_after=0, **key))
     return entry_id
 
 

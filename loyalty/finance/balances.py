@@ -33,7 +33,7 @@ from loyalty import calendar
 from loyalty.db import is_postgres, transaction
 from loyalty.finance import snapshots
 from loyalty.finance.models import daily_balances, daily_balances_state
-from loyalty.ledger.models import journal_entries, postings
+from loyalty.ledger.models import POSTING_ENTRY, journal_entries, postings
 from loyalty.runtime import Outcome, Runtime
 
 #: How long after a local day ends the job first rolls it up.
@@ -103,7 +103,7 @@ def roll_up(conn: Connection, first: dt.date, last: dt.date, zone: ZoneInfo) -> 
     postings; returns the rows written."""
     d, p, je = daily_balances.c, postings.c, journal_entries.c
     conn.execute(sa.delete(daily_balances).where(d.day >= first, d.day <= last))
-    joined = postings.join(journal_entries, sa.and_(je.member_id == p.member_id, je.id == p.entry_id))
+    joined = postings.join(journal_entries, POSTING_ENTRY)
     sums = (p.account, je.kind, sa.func.coalesce(p.rule_id, ""))
     columns = ["day", "account", "kind", "rule_id", "amount", "postings"]
     totals = (sa.func.sum(p.amount), sa.func.count())
