@@ -60,7 +60,9 @@ def _sums(
         keys = [p.account, *(columns[k] for k in by)]
         q = sa.select(*keys, sa.func.sum(p.amount)).where(balances.posted_in(span), p.account.in_(codes))
         if by:
-            q = q.select_from(postings.join(journal_entries, POSTING_ENTRY))
+            q = q.select_from(postings.join(journal_entries, POSTING_ENTRY)).where(
+                balances.posted_in(span, je.posted_at)
+            )
         for row in conn.execute(q.group_by(*keys)):
             out[_key(row)] += int(row[-1])
     return dict(out)

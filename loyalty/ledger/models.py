@@ -54,8 +54,9 @@ member_accounts = sa.Table(
 
 #: One row per journal entry, written with it: the journal's keys unique across all its months
 #: (``seq`` and ``(kind, source_ref)`` per member), and the target of every foreign key that names an
-#: entry. Not partitioned, so it can hold them; the two foreign keys between it and the entry make
-#: them one to one (the key's is checked at commit, the entry being written after its key).
+#: entry. Not partitioned, so it can hold them; append-only, as the journal is. The two foreign keys
+#: between it and the entry make them one to one (the key's is checked at commit, the entry being
+#: written after its key).
 entry_keys = sa.Table(
     "entry_keys",
     metadata,

@@ -27,6 +27,7 @@ PARTITIONED = ("journal_entries", "postings")
 #: How long creating a partition waits for the lock on its table before giving up: creating one
 #: locks the parent against every booking while it waits, so it must not wait long.
 LOCK_TIMEOUT = "5s"
+PARTITION_NAME = re.compile(rf"(?:{'|'.join(PARTITIONED)})_(?:\d{{4}}_\d{{2}}|default)")
 
 
 class PartitionBlocked(Exception):
@@ -36,7 +37,7 @@ class PartitionBlocked(Exception):
 def is_partition(name: str | None) -> bool:
     """Whether ``name`` is one of the journal's partitions, which the models do not describe (they
     describe the partitioned tables): Alembic's comparison of the schema with them leaves them out."""
-    return bool(name) and re.fullmatch(rf"(?:{'|'.join(PARTITIONED)})_(?:\d{{4}}_\d{{2}}|default)", str(name)) is not None
+    return name is not None and PARTITION_NAME.fullmatch(name) is not None
 
 
 def compared(obj: Any, name: str | None, type_: str, reflected: bool, _compare_to: Any) -> bool:

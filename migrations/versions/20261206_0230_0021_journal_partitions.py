@@ -13,8 +13,9 @@ after the current one; the ``partitions`` job makes the later ones.
 A partitioned table's keys must include its partition key, so the journal's keys unique across
 months move to a new table that is not partitioned, ``entry_keys`` (member_id, entry_id, seq, kind,
 source_ref, posted_at): primary key (member_id, entry_id), unique (member_id, seq) and (member_id,
-kind, source_ref). It is filled here from the entries, and every foreign key that named an entry
-(lots, consumptions, holds, transactions, adjustments) now names its key. The entry's primary key
+kind, source_ref), append-only as the journal is. It is filled here from the entries, and every
+foreign key that named an entry (lots, consumptions, holds, transactions, adjustments) now names
+its key. The entry's primary key
 becomes (member_id, id, posted_at), its posting's (member_id, entry_id, line, posted_at); a posting
 names its entry with its posting date, and an entry and its key name each other (the key's foreign
 key is checked at commit, its entry being written after it). SQLite gets the same keys, unpartitioned.
@@ -258,6 +259,10 @@ def _pg_upgrade() -> None:
         )
     op.execute(BALANCED.format(same_month=" AND posted_at = NEW.posted_at"))
     _pg_triggers()
+    op.execute(
+        "CREATE TRIGGER entry_keys_append_only BEFORE UPDATE OR DELETE ON entry_keys "
+        "FOR EACH ROW EXECUTE FUNCTION ledger_append_only()"
+    )
 
 
 def _pg_downgrade() -> None:
@@ -362,7 +367,7 @@ def _sqlite_upgrade() -> None:
             deferrable=True,
             initially="DEFERRED",
         )
-    for table in PARTITIONED:
+    for table in (*PARTITIONED, "entry_keys"):
         _sqlite_append_only(table)
     _sqlite_referencing("entry_keys", "entry_id", "journal_entries")
 
