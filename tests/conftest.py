@@ -46,7 +46,7 @@ DATA_TABLES = [t.name for t in metadata.sorted_tables if t.name != "accounts"]
 START = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
 #: The months the tests post in have their journal partitions on PostgreSQL (the migration makes
 #: only those around the real date), so that what they post stays out of the DEFAULT partitions.
-TEST_MONTHS = partitions.months(dt.date(2025, 1, 1), dt.date(2028, 12, 1))
+TEST_MONTHS = partitions.months(dt.date(2024, 1, 1), dt.date(2028, 12, 1))
 #: The key voucher codes are sealed with in tests.
 TEST_SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105  (a fixture, not a credential)
 
