@@ -22,7 +22,7 @@ from loyalty.ledger.models import entry_keys, journal_entries, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
 from loyalty.runtime import Runtime
-from tests.test_verify import run_verify_cli
+from tests.test_verify import behind_the_back, run_verify_cli
 
 JUNE = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
 JULY = dt.datetime(2026, 7, 2, 9, 0, tzinfo=dt.UTC)
@@ -321,5 +321,29 @@ def test_the_migration_moves_the_journal_into_monthly_partitions_intact(runtime,
     with transaction(runtime.engine, readonly=True) as conn:
         assert not partitions.partitioned(conn)
         assert sa.inspect(conn).get_unique_constraints("journal_entries")
+    migrate.upgrade(runtime.engine)
+    assert run_verify_cli(database_url).exit_code == 0
+
+
+@pytest.mark.committed
+def test_the_migration_refuses_a_posting_dated_other_than_its_entry(runtime, database_url, backend):
+    """The ledger writes a posting with its entry's posting date; a journal where one differs
+    cannot be keyed by it, and the migration says so, changing nothing."""
+    enrol(runtime, "m1", JUNE)
+    migrate.downgrade(runtime.engine, "0020")
+    moved = "UPDATE postings SET posted_at = posted_at + interval '1 second' WHERE member_id = 'm1' AND line = 1"
+    if backend == "sqlite":
+        moved = "UPDATE postings SET posted_at = datetime(posted_at, '+1 second') WHERE member_id = 'm1' AND line = 1"
+    with behind_the_back(database_url) as conn:
+        conn.exec_driver_sql(moved)
+    with pytest.raises(RuntimeError, match="1 postings carry a posting date other than their entry's"):
+        migrate.upgrade(runtime.engine)
+    with transaction(runtime.engine, readonly=True) as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0020"
+    with behind_the_back(database_url) as conn:
+        conn.exec_driver_sql(
+            "UPDATE postings SET posted_at = (SELECT e.posted_at FROM journal_entries e"
+            " WHERE e.member_id = postings.member_id AND e.id = postings.entry_id)"
+        )
     migrate.upgrade(runtime.engine)
     assert run_verify_cli(database_url).exit_code == 0

@@ -126,13 +126,15 @@ def create_months(conn: Connection, wanted: Iterable[dt.date]) -> list[str]:
     it would create."""
     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('loyalty.partitions'))")
     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-    missing = sorted(set(map(month_of, wanted)) - existing_months(conn))
+    existing = {table: existing_months(conn, table) for table in PARTITIONED}
+    months_wanted = sorted(set(map(month_of, wanted)))
+    missing = [(table, m) for m in months_wanted for table in PARTITIONED if m not in existing[table]]
     if not missing:
         return []
     blocked = sorted(
         f"{r['month']} ({r['rows']} rows in {r['partition']})"
         for r in default_rows(conn)
-        if dt.date.fromisoformat(f"{r['month']}-01") in missing
+        if dt.date.fromisoformat(f"{r['month']}-01") in {m for _, m in missing}
     )
     if blocked:
         raise PartitionBlocked(
@@ -140,13 +142,9 @@ def create_months(conn: Connection, wanted: Iterable[dt.date]) -> list[str]:
             + ", ".join(blocked)
             + "; move them out of it first (docs/explanation/scaling.md)"
         )
-    created = []
-    for month in missing:
-        for table in PARTITIONED:
-            name = partition_name(table, month)
-            conn.exec_driver_sql(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
-                f"FOR VALUES FROM ({_bound(month)}) TO ({_bound(add_months(month, 1))})"
-            )
-            created.append(name)
-    return created
+    for table, month in missing:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {partition_name(table, month)} PARTITION OF {table} "
+            f"FOR VALUES FROM ({_bound(month)}) TO ({_bound(add_months(month, 1))})"
+        )
+    return [partition_name(table, month) for table, month in missing]
