@@ -171,6 +171,7 @@ HASH_CHAIN = Check(
     compute=chains,
 )
 
+
 def default_partitions(conn: Connection, examples: int) -> Outcome:
     """Rows in a DEFAULT partition of the journal (PostgreSQL), per partition and UTC month: each
     such month needs its partition, which the ``partitions`` job will not create over them."""
