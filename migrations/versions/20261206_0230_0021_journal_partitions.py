@@ -103,20 +103,15 @@ def _fill_entry_keys(source: str) -> None:
 
 
 def _refuse_postings_off_their_entry_date(entries: str, postings: str) -> None:
-    off = (
-        op.get_bind()
-        .execute(
-            sa.text(
-                f"SELECT count(*) FROM {postings} p JOIN {entries} e ON e.member_id = p.member_id "
-                "AND e.id = p.entry_id WHERE p.posted_at <> e.posted_at"
-            )
-        )
-        .scalar_one()
+    query = (
+        f"FROM {postings} p JOIN {entries} e ON e.member_id = p.member_id AND e.id = p.entry_id "
+        "WHERE p.posted_at <> e.posted_at"
     )
+    off = op.get_bind().execute(sa.text(f"SELECT count(*) {query}")).scalar_one()
     if off:
         raise RuntimeError(
-            f"{off} postings carry a posting date other than their entry's; a posting is now keyed by its "
-            "entry's: find them with `loyalty verify` and the query in this migration, and correct them first"
+            f"{off} postings carry a posting date other than their entry's, which the ledger never writes and "
+            f"a journal keyed by posting date cannot hold: list them with SELECT p.* {query}"
         )
 
 
