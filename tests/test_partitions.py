@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,6 +130,26 @@ def test_a_month_without_partitions_lands_in_default_and_the_job_will_not_create
     assert "2031-02 (2 rows in postings_default)" in run["detail"]
     with transaction(runtime.engine, readonly=True) as conn:
         assert dt.date(2031, 1, 1) not in partitions.existing_months(conn)  # created nothing, not even January
+
+    # what docs/explanation/scaling.md tells an operator to do, for that very month
+    with transaction(runtime.engine) as conn:
+        for statement in documented_move():
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("SET LOCAL session_replication_role = origin")
+    assert {part for part, _ in placement(runtime, "journal_entries")} == {"journal_entries_2031_02"}
+    with transaction(runtime.engine, readonly=True) as conn:
+        assert all(o.ok for o in verify.run(conn)), verify.report(verify.run(conn))
+    assert run_job(runtime, "partitions", as_of=FAR - dt.timedelta(days=40))["status"] == "succeeded"
+
+
+def documented_move() -> list[str]:
+    """The statements of the documented move of a month out of the DEFAULT partitions, but for
+    BEGIN and COMMIT (the test's transaction is theirs)."""
+    text = (Path(__file__).parent.parent / "docs" / "explanation" / "scaling.md").read_text()
+    [block] = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    statements = [s.strip() for s in block.split(";") if s.strip()]
+    assert statements[0] == "BEGIN" and statements[-1] == "COMMIT"
+    return statements[1:-1]
 
 
 @pytest.mark.postgres_only
