@@ -46,6 +46,7 @@ from loyalty.analytics.jobs import analytics, build  # noqa: E402
 from loyalty.catalogue import service as catalogue  # noqa: E402
 from loyalty.config import Settings  # noqa: E402
 from loyalty.db import transaction  # noqa: E402
+from loyalty.ledger import partitions  # noqa: E402
 from loyalty.migrate import upgrade  # noqa: E402
 from loyalty.programmes.service import installed  # noqa: E402
 from loyalty.runtime import make_runtime  # noqa: E402
@@ -100,10 +101,14 @@ GENERATE = [
     ),
     (
         "journal entries",
-        """INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after, posted_at)
+        # each entry with its key, in one statement: the entry's foreign key is checked at its end
+        """WITH e AS (INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after,
+                                                   posted_at)
            SELECT member_id, gen_random_uuid(), row_number() OVER (PARTITION BY member_id ORDER BY occurred_at),
                   'accrual', transaction_id, 100, 0, occurred_at
-             FROM transactions""",
+             FROM transactions
+           RETURNING member_id, id, seq, kind, source_ref, posted_at)
+           INSERT INTO entry_keys (member_id, entry_id, seq, kind, source_ref, posted_at) SELECT * FROM e""",
     ),
     (
         "postings",
@@ -191,6 +196,8 @@ def main() -> None:
     rt = make_runtime(Settings(database_url=url), clock=lambda: clock_now[0])
     try:
         upgrade(rt.engine)
+        with transaction(rt.engine) as conn:  # the journal's months, as a database that lived through them has
+            partitions.create_months(conn, partitions.months(ENROLLED, clock_now[0]))
         installed(rt.engine, ENROLLED.astimezone(dt.UTC))
         with transaction(rt.engine) as conn:
             catalogue.install_default(conn, TIERS, actor="bench", now=ENROLLED.astimezone(dt.UTC))

@@ -56,6 +56,7 @@ from loyalty.config import Settings  # noqa: E402
 from loyalty.finance import liability, reports, settings, snapshots  # noqa: E402
 from loyalty.finance.models import daily_balances_state  # noqa: E402
 from loyalty.jobs.runner import run_job  # noqa: E402
+from loyalty.ledger import partitions  # noqa: E402
 from loyalty.migrate import upgrade  # noqa: E402
 from loyalty.programmes.service import installed  # noqa: E402
 from loyalty.runtime import make_runtime  # noqa: E402
@@ -120,12 +121,15 @@ def generate(engine: sa.Engine, postings: int, members: int, expiring: int) -> N
         ),
         (
             "journal_entries",
-            """INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after,
+            # each entry with its key, in one statement: the entry's foreign key is checked at its end
+            """WITH e AS (INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after,
                                             transaction_id, posted_at, occurred_at)
                SELECT b.member_id, id, seq, 'accrual', 'b' || g, points,
                       coalesce(a.total, 0) + sum(points) OVER (PARTITION BY b.member_id ORDER BY seq),
                       'b' || g, posted_at, posted_at
-                 FROM bench_entries b LEFT JOIN bench_acc a ON a.member_id = b.member_id""",
+                 FROM bench_entries b LEFT JOIN bench_acc a ON a.member_id = b.member_id
+               RETURNING member_id, id, seq, kind, source_ref, posted_at)
+               INSERT INTO entry_keys (member_id, entry_id, seq, kind, source_ref, posted_at) SELECT * FROM e""",
         ),
         (
             "postings",
@@ -253,6 +257,8 @@ def main() -> int:
     rows: list[tuple[str, float, str, str, str]] = []
     try:
         upgrade(engine)
+        with engine.begin() as conn:  # the journal's months, as a database that lived through them has
+            partitions.create_months(conn, partitions.months(AS_OF - SPAN - dt.timedelta(days=31), AS_OF))
         installed(engine, AS_OF - SPAN - dt.timedelta(days=30))
         print(f"database {name}; as_of {AS_OF.astimezone(ZONE).isoformat()}; {loadavg()}")
         print(

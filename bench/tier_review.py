@@ -53,6 +53,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from loyalty import calendar  # noqa: E402
 from loyalty.config import Settings  # noqa: E402
 from loyalty.jobs.runner import run_job  # noqa: E402
+from loyalty.ledger import partitions  # noqa: E402
 from loyalty.migrate import upgrade  # noqa: E402
 from loyalty.programmes.service import installed  # noqa: E402
 from loyalty.runtime import make_runtime  # noqa: E402
@@ -259,14 +260,17 @@ def generate(engine: sa.Engine, n: int, as_of: dt.datetime, maturity_tiers: list
         ),
         (
             "journal_entries",
-            """INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after,
+            # each entry with its key, in one statement: the entry's foreign key is checked at its end
+            """WITH e AS (INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after,
                        transaction_id, programme_version, posted_at)
                SELECT member_id, entry_id,
                       row_number() OVER w, 'accrual', source_ref, points, sum(points) OVER w,
                       CASE WHEN source_ref LIKE 'T%' THEN source_ref END, '2026.1', earned_at
                  FROM bench_lots
                WINDOW w AS (PARTITION BY member_id ORDER BY earned_at, source_ref)
-                ORDER BY earned_at""",
+                ORDER BY earned_at
+               RETURNING member_id, id, seq, kind, source_ref, posted_at)
+               INSERT INTO entry_keys (member_id, entry_id, seq, kind, source_ref, posted_at) SELECT * FROM e""",
         ),
         (
             "point_lots",
@@ -501,6 +505,8 @@ def main() -> int:
     scale = args.members / 1_000_000
     try:
         upgrade(engine)
+        with engine.begin() as conn:  # the journal's months (lots go back 420 days), as a database that lived them has
+            partitions.create_months(conn, partitions.months(AS_OF - dt.timedelta(days=430), AS_OF))
         installed(engine, dt.datetime.now(dt.UTC))
         programme = rt.programmes.at(AS_OF)
         ladder, lifecycle = programme.ladder, programme.lifecycle

@@ -149,6 +149,9 @@ WITH claim AS (
     UPDATE member_accounts SET balance = :balance, entry_seq = :seq, chain_head = :head, last_activity_at = :now
      WHERE member_id = :member AND EXISTS (SELECT 1 FROM claim)
     RETURNING member_id
+), entry_key AS (
+    INSERT INTO entry_keys (member_id, entry_id, seq, kind, source_ref, posted_at)
+    SELECT :member, CAST(:entry AS uuid), :seq, 'accrual', :tid, :now FROM acct
 ), entry AS (
     INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after,
                                  transaction_id, programme_version, posted_at, occurred_at, chain_hash)

@@ -64,6 +64,9 @@ class Settings:
     scheduler_standby_seconds: float = 5.0
     #: jobs run every so many seconds instead of on their declared schedule (``webhooks=1``)
     job_intervals: dict[str, int] = field(default_factory=dict)
+    #: the ``partitions`` job keeps this many months of journal partitions ahead of the current one
+    #: (``LOYALTY_PARTITION_MONTHS_AHEAD``)
+    partition_months_ahead: int = 3
     #: a webhook delivery that has failed this many times is dead (dead-letter)
     webhook_max_attempts: int = 8
     #: seconds to wait for a webhook receiver's connection and each read of its answer
@@ -112,6 +115,8 @@ class Settings:
         for name, env in WEBHOOK_SETTINGS.items():
             if getattr(self, name) < 1:
                 raise ValueError(f"{env} must be a positive integer")
+        if self.partition_months_ahead < 0:
+            raise ValueError("LOYALTY_PARTITION_MONTHS_AHEAD must be a whole number of months")
         if self.fulfilment_deadline_seconds < 1:
             raise ValueError("LOYALTY_FULFILMENT_DEADLINE_SECONDS must be a positive integer")
         if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
@@ -166,6 +171,11 @@ class Settings:
             values["scheduler_standby_seconds"] = float(env["LOYALTY_SCHEDULER_STANDBY_SECONDS"])
         if "LOYALTY_JOB_INTERVALS" in env:
             values["job_intervals"] = parse_job_intervals(env["LOYALTY_JOB_INTERVALS"])
+        if "LOYALTY_PARTITION_MONTHS_AHEAD" in env:
+            ahead = env["LOYALTY_PARTITION_MONTHS_AHEAD"]
+            if not ahead.strip().isdigit():
+                raise ValueError(f"LOYALTY_PARTITION_MONTHS_AHEAD must be a whole number of months, not {ahead!r}")
+            values["partition_months_ahead"] = int(ahead)
         for name, var in WEBHOOK_SETTINGS.items():
             if var in env:
                 try:

@@ -20,6 +20,7 @@ from loyalty.jobs.models import job_runs
 from loyalty.ledger.models import (
     accounts,
     closed_periods,
+    entry_keys,
     holds,
     journal_entries,
     lot_consumptions,
@@ -38,6 +39,7 @@ __all__ = [
     "accounts",
     "member_accounts",
     "journal_entries",
+    "entry_keys",
     "postings",
     "point_lots",
     "lot_consumptions",

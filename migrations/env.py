@@ -7,6 +7,7 @@ from sqlalchemy import engine_from_config, pool
 
 import loyalty.models  # noqa: F401  (fills the metadata)
 from loyalty.db import metadata
+from loyalty.ledger.partitions import compared
 
 config = context.config
 target_metadata = metadata
@@ -35,6 +36,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=compared,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -16,7 +16,7 @@ from loyalty.app import create_app
 from loyalty.audit import audit_log
 from loyalty.catalogue import service as catalogue
 from loyalty.db import transaction
-from loyalty.ledger.models import journal_entries, member_accounts, postings
+from loyalty.ledger.models import entry_keys, journal_entries, member_accounts, postings
 from loyalty.records.models import member_profiles, members
 from loyalty.redemption.models import redemption_refusals, redemptions
 from loyalty.runtime import Runtime
@@ -219,18 +219,9 @@ def test_stock_outs_low_scores_and_hoarding_are_found_with_their_cost(runtime: R
         # A potential member earns 20,000 points in June and spends none.
         conn.execute(member_accounts.insert().values(member_id="p050"))
         entry = str(uuid.uuid4())
-        conn.execute(
-            journal_entries.insert().values(
-                member_id="p050",
-                id=entry,
-                seq=1,
-                kind="accrual",
-                source_ref="t",
-                points=20_000,
-                balance_after=20_000,
-                posted_at=at,
-            )
-        )
+        key = {"member_id": "p050", "seq": 1, "kind": "accrual", "source_ref": "t", "posted_at": at}
+        conn.execute(entry_keys.insert().values(entry_id=entry, **key))
+        conn.execute(journal_entries.insert().values(id=entry, points=20_000, balance_after=20_000, **key))
         conn.execute(
             postings.insert(),
             [

@@ -19,7 +19,7 @@ from loyalty.analytics import metrics, periods, rollups
 from loyalty.analytics.models import ALL, feedback
 from loyalty.catalogue import service as catalogue
 from loyalty.db import transaction
-from loyalty.ledger.models import accounts, journal_entries, member_accounts, postings
+from loyalty.ledger.models import accounts, entry_keys, journal_entries, member_accounts, postings
 from loyalty.records.models import member_profiles, members, transactions
 from loyalty.redemption.models import redemption_refusals, redemptions
 from loyalty.runtime import Runtime
@@ -127,18 +127,9 @@ def history(rt: Runtime, seed: int) -> None:
                 entry, when = str(uuid.uuid4()), moment(rng)
                 points = rng.randrange(1, 300)
                 account = rng.choice(["issued:bank", f"redeemed:{rng.choice(codes)}", "expired", "adjustments"])
-                conn.execute(
-                    journal_entries.insert().values(
-                        member_id=mid,
-                        id=entry,
-                        seq=seq,
-                        kind="adjustment",
-                        source_ref=f"s{seq}",
-                        points=points,
-                        balance_after=0,
-                        posted_at=when,
-                    )
-                )
+                key = {"member_id": mid, "seq": seq, "kind": "adjustment", "source_ref": f"s{seq}", "posted_at": when}
+                conn.execute(entry_keys.insert().values(entry_id=entry, **key))
+                conn.execute(journal_entries.insert().values(id=entry, points=points, balance_after=0, **key))
                 sign = -1 if account.startswith("issued") else 1
                 conn.execute(
                     postings.insert(),

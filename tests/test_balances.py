@@ -130,10 +130,9 @@ def test_the_migration_adds_the_points_held_then_to_the_balances_stored_before_i
     includes the points held when it was booked. Going back below it takes them out again; coming
     forward puts them back."""
     import sqlalchemy as sa
-    from alembic import command
 
     from loyalty.ledger import service as ledger
-    from loyalty.migrate import alembic_config, upgrade
+    from loyalty.migrate import downgrade, upgrade
 
     enrol(client)
     client.post("/v1/transactions", json=txn("t1", amount=50_000))  # 1,000 points, nothing held
@@ -160,10 +159,9 @@ def test_the_migration_adds_the_points_held_then_to_the_balances_stored_before_i
         return {key: int(balance) for key, balance in rows}
 
     assert stored() == {"t1": 1_000, "t2": 1_200, "f1": 700}
-    cfg = alembic_config(runtime.engine.url.render_as_string(hide_password=False))
-    with runtime.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, before(revision_named("balances_include_held")))
+    # As `loyalty` takes a database down: on SQLite with foreign keys off while tables other rows
+    # point at (the journal's keys since 0021) are built anew, and every key checked before the commit.
+    downgrade(runtime.engine, before(revision_named("balances_include_held")))
     assert stored() == {"t1": 1_000, "t2": 900, "f1": 400}, "before the migration: the member account's balance"
     upgrade(runtime.engine)
     assert stored() == {"t1": 1_000, "t2": 1_200, "f1": 700}

@@ -20,7 +20,7 @@ from loyalty.accrual.service import ReversalCommand, TransactionCommand
 from loyalty.db import chain_link, transaction
 from loyalty.ledger import chain, verify
 from loyalty.ledger import service as ledger
-from loyalty.ledger.models import ENTRY_KINDS, journal_entries, member_accounts, postings
+from loyalty.ledger.models import ENTRY_KINDS, entry_keys, journal_entries, member_accounts, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
 from loyalty.records.models import members as member_rows
@@ -331,6 +331,7 @@ def test_an_entry_posted_without_a_hash_is_outside_the_chain_and_erasing_one_doe
             member_id="m2", entry_id=ledger.new_id(), kind="adjustment", source_ref="old-1", lines=lines, now=now
         )
         old.update(seq=seq, balance_after=balance)
+        conn.execute(entry_keys.insert(), ledger.key_row(old))
         conn.execute(journal_entries.insert(), old)
         conn.execute(postings.insert(), rows)
     with transaction(rt.engine) as conn:  # ... and what this one writes after it

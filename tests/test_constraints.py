@@ -24,7 +24,7 @@ from loyalty.catalogue.service import install_default
 from loyalty.db import is_postgres, transaction
 from loyalty.ledger import service as ledger
 from loyalty.ledger import verify
-from loyalty.ledger.models import holds, journal_entries, member_accounts, postings
+from loyalty.ledger.models import entry_keys, holds, journal_entries, member_accounts, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
 from loyalty.migrate import upgrade
@@ -117,7 +117,7 @@ def a_transaction(member_id: str, transaction_id: str, entry_id: str | None) -> 
 
 
 def test_a_transaction_names_a_journal_entry_of_its_own_member(runtime, ledger_rows):
-    fk = "fk_transactions_member_id_entry_id_journal_entries"
+    fk = "fk_transactions_member_id_entry_id_entry_keys"
     refused(runtime, a_transaction("m1", "x1", str(uuid.uuid4())), fk)
     refused(runtime, a_transaction("m2", "x2", ledger_rows["m1_accrual"]), fk)  # another member's entry
     accepted(runtime, a_transaction("m1", "x3", ledger_rows["m1_accrual"]))
@@ -125,7 +125,7 @@ def test_a_transaction_names_a_journal_entry_of_its_own_member(runtime, ledger_r
 
 
 def test_a_resolved_hold_names_an_entry_of_its_own_member(runtime, ledger_rows):
-    fk = "fk_holds_member_id_resolution_entry_id_journal_entries"
+    fk = "fk_holds_member_id_resolution_entry_id_entry_keys"
     h = holds.c
 
     def resolve(entry_id: str) -> Any:
@@ -184,6 +184,7 @@ def test_the_previous_releases_write_order_is_checked_at_commit(runtime, ledger_
             now=now,
         )
         entry.update(seq=seq, balance_after=balance)
+        conn.execute(entry_keys.insert(), ledger.key_row(entry))
         conn.execute(journal_entries.insert(), entry)
         conn.execute(postings.insert(), lines)
     with transaction(runtime.engine, readonly=True) as conn:
@@ -346,8 +347,8 @@ def test_the_migration_adds_the_constraints_to_a_database_that_holds_data(runtim
         if not is_postgres(conn):
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # enforced again after the migration
     assert {
-        "fk_transactions_member_id_entry_id_journal_entries",
-        "fk_holds_member_id_resolution_entry_id_journal_entries",
+        "fk_transactions_member_id_entry_id_entry_keys",  # since 0021 an entry's key is named
+        "fk_holds_member_id_resolution_entry_id_entry_keys",
         "fk_redemptions_member_id_hold_id_holds",
     } <= keys
 

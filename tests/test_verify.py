@@ -24,12 +24,12 @@ from loyalty.cli import main
 from loyalty.db import transaction
 from loyalty.ledger import service as ledger
 from loyalty.ledger import verify
-from loyalty.ledger.models import journal_entries, postings
+from loyalty.ledger.models import entry_keys, journal_entries, postings
 from loyalty.members import service as members
 from loyalty.members.service import Enrolment
 from loyalty.runtime import Runtime
 
-APPEND_ONLY = ("journal_entries", "postings", "lot_consumptions")
+APPEND_ONLY = ("journal_entries", "entry_keys", "postings", "lot_consumptions")
 CHECK_NAMES = [c.name for c in verify.CHECKS]
 
 
@@ -212,6 +212,21 @@ def relabel_negative_refund_as_hold(conn: sa.Connection) -> None:
     conn.execute(sa.text("UPDATE journal_entries SET kind = 'hold' WHERE member_id = 'm2' AND kind = 'reversal'"))
 
 
+def forget_an_entry_key(conn: sa.Connection) -> None:
+    conn.execute(sa.text("DELETE FROM entry_keys WHERE member_id = 'm1' AND seq = 1"))
+
+
+def move_an_entry_to_a_month_without_partitions(conn: sa.Connection) -> None:
+    """m1's first entry, its postings and its key, five years on: into the DEFAULT partitions."""
+    for table, id_column in (("journal_entries", "id"), ("postings", "entry_id"), ("entry_keys", "entry_id")):
+        conn.execute(
+            sa.text(
+                f"UPDATE {table} SET posted_at = posted_at + interval '5 years' WHERE member_id = 'm1' "
+                f"AND {id_column} = (SELECT entry_id FROM entry_keys WHERE member_id = 'm1' AND seq = 1)"
+            )
+        )
+
+
 def edit_a_balance_after(conn: sa.Connection) -> None:
     conn.execute(
         sa.text("UPDATE journal_entries SET balance_after = balance_after + 1 WHERE member_id = 'm1' AND seq = 2")
@@ -280,7 +295,13 @@ BREAKAGES = [
     ("balance_equals_lots", grow_a_lot, {"balance_equals_lots"}),
     ("lots_equal_consumptions", inflate_a_lot_original, {"lots_equal_consumptions"}),
     ("held_equals_holds", grow_a_pending_hold, {"held_equals_holds"}),
-    ("spending_never_overdraws", relabel_negative_refund_as_hold, {"spending_never_overdraws", "hash_chain"}),
+    ("entries_have_keys", forget_an_entry_key, {"entries_have_keys"}),
+    # the entry's kind is also its key's
+    (
+        "spending_never_overdraws",
+        relabel_negative_refund_as_hold,
+        {"spending_never_overdraws", "entries_have_keys", "hash_chain"},
+    ),
     ("statement_chain", edit_a_balance_after, {"statement_chain", "hash_chain"}),
     ("entry_count_matches_account", bump_entry_counter, {"entry_count_matches_account"}),
     ("idempotency_records_point_at_one_entry", record_naming_missing_entry, {"idempotency_records_point_at_one_entry"}),
@@ -292,8 +313,18 @@ BREAKAGES = [
 ]
 
 
+#: Breakages only PostgreSQL can have: it alone partitions the journal.
+POSTGRES_BREAKAGES = [
+    (
+        "default_partitions_empty",
+        move_an_entry_to_a_month_without_partitions,
+        {"default_partitions_empty", "hash_chain"},
+    ),
+]
+
+
 def test_every_check_has_a_breakage():
-    assert {name for name, _, _ in BREAKAGES} == set(CHECK_NAMES)
+    assert {name for name, _, _ in BREAKAGES + POSTGRES_BREAKAGES} == set(CHECK_NAMES)
     assert len(CHECK_NAMES) == len(set(CHECK_NAMES))
 
 
@@ -314,7 +345,9 @@ def test_verify_passes_an_empty_ledger(runtime, database_url):
 
 
 @pytest.mark.parametrize(
-    ("check", "breakage", "expected"), BREAKAGES, ids=[f"{c}-{b.__name__}" for c, b, _ in BREAKAGES]
+    ("check", "breakage", "expected"),
+    BREAKAGES + [pytest.param(*b, marks=pytest.mark.postgres_only) for b in POSTGRES_BREAKAGES],
+    ids=[f"{c}-{b.__name__}" for c, b, _ in BREAKAGES + POSTGRES_BREAKAGES],
 )
 @pytest.mark.committed
 def test_verify_names_the_broken_invariant(healthy, database_url, check, breakage, expected):
@@ -363,18 +396,9 @@ def test_database_refuses_to_rewrite_the_ledger(healthy, table, statement):
 
 def _entry(rt: Runtime, conn: sa.Connection, seq: int) -> str:
     entry_id = ledger.new_id()
-    conn.execute(
-        journal_entries.insert().values(
-            member_id="m1",
-            id=entry_id,
-            seq=seq,
-            kind="adjustment",
-            source_ref=f"adj-{seq}",
-            points=10,
-            balance_after=0,
-            posted_at=rt.now(),
-        )
-    )
+    key = {"member_id": "m1", "seq": seq, "kind": "adjustment", "source_ref": f"adj-{seq}", "posted_at": rt.now()}
+    conn.execute(entry_keys.insert().values(entry_id=entry_id, **key))
+    conn.execute(journal_entries.insert().values(id=entry_id, points=10, balance_after=0, **key))
     return entry_id
 
 

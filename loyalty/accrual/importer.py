@@ -35,8 +35,8 @@ from loyalty.db import insert_ignore, is_postgres, transaction
 from loyalty.errors import LoyaltyError
 from loyalty.events.models import events
 from loyalty.idempotency import idempotency_keys, request_hash
-from loyalty.ledger.models import journal_entries, lot_consumptions, member_accounts, point_lots, postings
-from loyalty.ledger.service import accrual_rows, check_open, lot_expiry, new_id
+from loyalty.ledger.models import entry_keys, journal_entries, lot_consumptions, member_accounts, point_lots, postings
+from loyalty.ledger.service import accrual_rows, check_open, key_row, lot_expiry, new_id
 from loyalty.records.models import TRANSACTION_TYPES, member_profiles, members, transactions
 from loyalty.runtime import Runtime
 from loyalty.tiers import service as tiers
@@ -502,8 +502,10 @@ def _book(
         )
     if entries:
         check_open(conn, now)
-    # Entries before the transactions that name them: the foreign key is checked row by row.
+    # Keys before their entries, entries before the transactions that name them: the foreign keys
+    # are checked row by row.
     for table, data in (
+        (entry_keys, [key_row(e) for e in entries]),
         (journal_entries, entries),
         (postings, posting_rows),
         (point_lots, lots),

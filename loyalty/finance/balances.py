@@ -33,7 +33,7 @@ from loyalty import calendar
 from loyalty.db import is_postgres, transaction
 from loyalty.finance import snapshots
 from loyalty.finance.models import daily_balances, daily_balances_state
-from loyalty.ledger.models import journal_entries, postings
+from loyalty.ledger.models import POSTING_ENTRY, journal_entries, postings
 from loyalty.runtime import Outcome, Runtime
 
 #: How long after a local day ends the job first rolls it up.
@@ -92,10 +92,14 @@ def in_days(days: tuple[dt.date | None, dt.date]) -> sa.ColumnElement[bool]:
     return sa.and_(d.day <= last, d.day >= first) if first is not None else d.day <= last
 
 
-def posted_in(span: tuple[dt.datetime | None, dt.datetime]) -> sa.ColumnElement[bool]:
-    p = postings.c
+def posted_in(
+    span: tuple[dt.datetime | None, dt.datetime], posted_at: sa.ColumnElement[dt.datetime] = postings.c.posted_at
+) -> sa.ColumnElement[bool]:
+    """Posted in ``[start, end)``: the postings, or the entries if given ``journal_entries.c.posted_at``.
+    A query joining the two bounds both: PostgreSQL prunes each table's monthly partitions by its own
+    bounds alone (it does not carry a range across the join's equality)."""
     start, end = span
-    return sa.and_(p.posted_at >= start, p.posted_at < end) if start is not None else p.posted_at < end
+    return sa.and_(posted_at >= start, posted_at < end) if start is not None else posted_at < end
 
 
 def roll_up(conn: Connection, first: dt.date, last: dt.date, zone: ZoneInfo) -> int:
@@ -103,17 +107,18 @@ def roll_up(conn: Connection, first: dt.date, last: dt.date, zone: ZoneInfo) -> 
     postings; returns the rows written."""
     d, p, je = daily_balances.c, postings.c, journal_entries.c
     conn.execute(sa.delete(daily_balances).where(d.day >= first, d.day <= last))
-    joined = postings.join(journal_entries, sa.and_(je.member_id == p.member_id, je.id == p.entry_id))
+    joined = postings.join(journal_entries, POSTING_ENTRY)
     sums = (p.account, je.kind, sa.func.coalesce(p.rule_id, ""))
     columns = ["day", "account", "kind", "rule_id", "amount", "postings"]
     totals = (sa.func.sum(p.amount), sa.func.count())
     if is_postgres(conn):
+        window = (calendar.start_of(first, zone), calendar.day_of(last, zone).end)
         # One statement for the whole chunk: the local day computed by the database, in the zone.
         local_day = sa.cast(sa.func.timezone(zone.key, p.posted_at), sa.Date)
         select = (
             sa.select(local_day, *sums, *totals)
             .select_from(joined)
-            .where(p.posted_at >= calendar.start_of(first, zone), p.posted_at < calendar.day_of(last, zone).end)
+            .where(*(posted_in(window, at) for at in (p.posted_at, je.posted_at)))
             .group_by(local_day, *sums)
         )
         return int(conn.execute(sa.insert(daily_balances).from_select(columns, select)).rowcount)
@@ -123,7 +128,7 @@ def roll_up(conn: Connection, first: dt.date, last: dt.date, zone: ZoneInfo) -> 
         select = (
             sa.select(sa.literal(day, sa.Date), *sums, *totals)
             .select_from(joined)
-            .where(p.posted_at >= span.start, p.posted_at < span.end)
+            .where(*(posted_in((span.start, span.end), at) for at in (p.posted_at, je.posted_at)))
             .group_by(*sums)
         )
         written += int(conn.execute(sa.insert(daily_balances).from_select(columns, select)).rowcount)

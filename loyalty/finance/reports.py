@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from loyalty.calendar import iso
 from loyalty.finance import balances, snapshots
 from loyalty.finance.models import daily_balances
-from loyalty.ledger.models import accounts, journal_entries, postings
+from loyalty.ledger.models import POSTING_ENTRY, accounts, journal_entries, postings
 
 OUTSTANDING = snapshots.OUTSTANDING
 
@@ -60,7 +60,9 @@ def _sums(
         keys = [p.account, *(columns[k] for k in by)]
         q = sa.select(*keys, sa.func.sum(p.amount)).where(balances.posted_in(span), p.account.in_(codes))
         if by:
-            q = q.select_from(postings.join(journal_entries, sa.and_(je.member_id == p.member_id, je.id == p.entry_id)))
+            q = q.select_from(postings.join(journal_entries, POSTING_ENTRY)).where(
+                balances.posted_in(span, je.posted_at)
+            )
         for row in conn.execute(q.group_by(*keys)):
             out[_key(row)] += int(row[-1])
     return dict(out)

@@ -95,6 +95,12 @@ JOBS: dict[str, Job] = {
             {"trigger": "interval", "seconds": 2},
         ),
         Job(
+            "partitions",
+            "daily: the journal's monthly partitions on PostgreSQL, this month's and the next months', created ahead",
+            "loyalty.jobs.partitions:run",
+            {"trigger": "cron", "hour": 4},
+        ),
+        Job(
             "analytics",
             "daily benefit-usage roll-ups of every completed local day, week, month, quarter and year",
             "loyalty.analytics.jobs:analytics",

@@ -2,6 +2,12 @@
 
 Every member-scoped table carries ``member_id`` and includes it in its primary
 and unique keys, so the schema can be distributed by member unchanged.
+
+On PostgreSQL the journal (``journal_entries`` and ``postings``) is partitioned by the UTC month
+of ``posted_at`` (migration 0021, :mod:`loyalty.ledger.partitions`); these tables describe the
+logical schema both backends share. A partitioned table's keys must include its partition key, so
+the journal's keys unique across months, and the target of every foreign key that names an entry,
+are in :data:`entry_keys`, one row per entry.
 """
 
 from __future__ import annotations
@@ -46,6 +52,32 @@ member_accounts = sa.Table(
     sa.CheckConstraint("entry_seq >= 0", name="entry_seq_not_negative"),
 )
 
+#: One row per journal entry, written with it: the journal's keys unique across all its months
+#: (``seq`` and ``(kind, source_ref)`` per member), and the target of every foreign key that names an
+#: entry. Not partitioned, so it can hold them; append-only, as the journal is. The two foreign keys
+#: between it and the entry make them one to one (the key's is checked at commit, the entry being
+#: written after its key).
+entry_keys = sa.Table(
+    "entry_keys",
+    metadata,
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("entry_id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("source_ref", sa.String(128), nullable=False),
+    #: the entry's posting date: which partition holds it
+    sa.Column("posted_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("member_id", "seq"),
+    sa.UniqueConstraint("member_id", "kind", "source_ref"),
+    sa.ForeignKeyConstraint(
+        ["member_id", "entry_id", "posted_at"],
+        ["journal_entries.member_id", "journal_entries.id", "journal_entries.posted_at"],
+        deferrable=True,
+        initially="DEFERRED",
+        use_alter=True,
+    ),
+)
+
 journal_entries = sa.Table(
     "journal_entries",
     metadata,
@@ -65,8 +97,9 @@ journal_entries = sa.Table(
     sa.Column("related_entry_id", sa.Uuid(as_uuid=False)),
     sa.Column("programme_version", sa.String(32)),
     sa.Column("memo", sa.String(500)),
-    #: when the ledger moved (the posting date); reports count periods by it
-    sa.Column("posted_at", UTCDateTime, nullable=False),
+    #: when the ledger moved (the posting date); reports count periods by it, and PostgreSQL
+    #: partitions the journal by its UTC month
+    sa.Column("posted_at", UTCDateTime, primary_key=True),
     #: when what it posts occurred (the business date): a transaction's ``occurred_at``, a bonus's
     #: earning; NULL where it is the posting date
     sa.Column("occurred_at", UTCDateTime),
@@ -74,8 +107,8 @@ journal_entries = sa.Table(
     #: and postings), its ``seq`` and ``balance_after`` (:mod:`loyalty.ledger.chain`); NULL on an
     #: entry a release before the chain posted while the upgrade rolled out
     sa.Column("chain_hash", sa.LargeBinary(32)),
-    sa.UniqueConstraint("member_id", "seq"),
-    sa.UniqueConstraint("member_id", "kind", "source_ref"),
+    #: ``seq`` and ``(kind, source_ref)`` are unique per member through :data:`entry_keys`
+    sa.ForeignKeyConstraint(["member_id", "id"], ["entry_keys.member_id", "entry_keys.entry_id"]),
     sa.ForeignKeyConstraint(["member_id"], ["member_accounts.member_id"]),
     sa.CheckConstraint(sa.column("kind").in_(ENTRY_KINDS), name="kind"),
 )
@@ -90,8 +123,12 @@ postings = sa.Table(
     #: signed points: positive credits the account, negative debits it
     sa.Column("amount", sa.BigInteger, nullable=False),
     sa.Column("rule_id", sa.String(80)),
-    sa.Column("posted_at", UTCDateTime, nullable=False),
-    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    #: the entry's posting date (the partition key on PostgreSQL)
+    sa.Column("posted_at", UTCDateTime, primary_key=True),
+    sa.ForeignKeyConstraint(
+        ["member_id", "entry_id", "posted_at"],
+        ["journal_entries.member_id", "journal_entries.id", "journal_entries.posted_at"],
+    ),
     sa.CheckConstraint("amount <> 0", name="amount_not_zero"),
     sa.Index("ix_postings_account_posted_at", "account", "posted_at"),
 )
@@ -112,7 +149,7 @@ point_lots = sa.Table(
     sa.Column("remaining", sa.BigInteger, nullable=False),
     sa.Column("earned_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
-    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["entry_keys.member_id", "entry_keys.entry_id"]),
     sa.CheckConstraint("original > 0", name="original_positive"),
     sa.CheckConstraint("remaining >= 0 AND remaining <= original", name="remaining_in_range"),
     sa.Index(
@@ -138,7 +175,7 @@ lot_consumptions = sa.Table(
     sa.Column("entry_id", sa.Uuid(as_uuid=False), primary_key=True),
     sa.Column("lot_id", sa.Uuid(as_uuid=False), primary_key=True),
     sa.Column("points", sa.BigInteger, nullable=False),
-    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["entry_keys.member_id", "entry_keys.entry_id"]),
     sa.ForeignKeyConstraint(["member_id", "lot_id"], ["point_lots.member_id", "point_lots.id"]),
     #: positive takes points from the lot; negative gives them back (void, refund)
     sa.CheckConstraint("points <> 0", name="points_not_zero"),
@@ -159,11 +196,11 @@ holds = sa.Table(
     sa.Column("resolution_entry_id", sa.Uuid(as_uuid=False)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime),
-    sa.ForeignKeyConstraint(["member_id", "hold_entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.ForeignKeyConstraint(["member_id", "hold_entry_id"], ["entry_keys.member_id", "entry_keys.entry_id"]),
     #: checked at commit: the release before 0011 resolved a hold before writing its entry
     sa.ForeignKeyConstraint(
         ["member_id", "resolution_entry_id"],
-        ["journal_entries.member_id", "journal_entries.id"],
+        ["entry_keys.member_id", "entry_keys.entry_id"],
         deferrable=True,
         initially="DEFERRED",
     ),
@@ -192,4 +229,12 @@ closed_periods = sa.Table(
     sa.Column("ends_at", UTCDateTime, nullable=False),
     sa.Column("closed_at", UTCDateTime, nullable=False),
     sa.Column("closed_by", sa.String(100), nullable=False),
+)
+
+#: How a posting joins its entry: on the entry's key and its posting date, which lets PostgreSQL
+#: prune the entries' partitions to the months the postings' own filter leaves.
+POSTING_ENTRY = sa.and_(
+    postings.c.member_id == journal_entries.c.member_id,
+    postings.c.entry_id == journal_entries.c.id,
+    postings.c.posted_at == journal_entries.c.posted_at,
 )

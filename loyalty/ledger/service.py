@@ -31,6 +31,7 @@ from loyalty.ledger import chain
 from loyalty.ledger.lots import OpenLot, check_balanced, fifo_order, take
 from loyalty.ledger.models import (
     closed_periods,
+    entry_keys,
     holds,
     journal_entries,
     lot_consumptions,
@@ -114,6 +115,7 @@ def _bump_statement(covered: bool) -> sa.Update:
 # booking path does not rebuild and re-key it on every request.
 BUMP = _bump_statement(covered=False)
 BUMP_COVERED = _bump_statement(covered=True)
+INSERT_KEY = entry_keys.insert()
 INSERT_ENTRY = journal_entries.insert()
 INSERT_POSTINGS = postings.insert()
 INSERT_LOTS = point_lots.insert()
@@ -202,6 +204,19 @@ def entry_rows(
     return entry, rows
 
 
+def key_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`~loyalty.ledger.models.entry_keys` row of a booked entry (one with its ``seq``):
+    written in the same transaction as the entry, before it."""
+    return {
+        "member_id": entry["member_id"],
+        "entry_id": entry["id"],
+        "seq": entry["seq"],
+        "kind": entry["kind"],
+        "source_ref": entry["source_ref"],
+        "posted_at": entry["posted_at"],
+    }
+
+
 #: Seconds a process trusts what it read of the closed periods before it reads them again. Months
 #: close only well after they end, so only a clock running that far behind could meet a stale read.
 CLOSED_PERIODS_TTL = 30.0
@@ -251,6 +266,7 @@ def _post(
     )
     entry.update(seq=seq, balance_after=balance_after, chain_hash=head)
     check_open(conn, entry["posted_at"])
+    conn.execute(INSERT_KEY, key_row(entry))
     conn.execute(INSERT_ENTRY, entry)
     conn.execute(INSERT_POSTINGS, rows)
     return balance_after, held_after, seq
@@ -600,7 +616,7 @@ _EXPIRY_DIGEST = chain.sql_digest(
 
 #: One statement posting the lapse of a set of locked members' lots, on PostgreSQL: per member
 #: with lapsed points, what :func:`expire` writes (the account bumped and its chain moved on, one
-#: ``expiry`` entry with its two postings, sealed, a consumption per lot) but for emptying the lots
+#: ``expiry`` entry with its key and its two postings, sealed, a consumption per lot) but for emptying the lots
 #: (:data:`EMPTY_LAPSED`, next); returns the lapsed lots, each with its member's entry,
 #: first-expiring-first per member.
 EXPIRE_SET = (
@@ -617,6 +633,9 @@ EXPIRE_SET = (
             chain_head = {chain.sql_link("ma.chain_head", _EXPIRY_DIGEST, "ma.entry_seq + 1", "ma.balance - t.points")}
         FROM totals AS t WHERE ma.member_id = t.member_id
         RETURNING ma.member_id, ma.balance, ma.held, ma.entry_seq, ma.chain_head, t.points, t.entry_id
+    ), keys AS (
+        INSERT INTO entry_keys (member_id, entry_id, seq, kind, source_ref, posted_at)
+        SELECT member_id, entry_id, entry_seq, 'expiry', 'expiry:' || entry_seq, :now FROM bumped
     ), entries AS (
         INSERT INTO journal_entries (member_id, id, seq, kind, source_ref, points, balance_after, posted_at,
                                      chain_hash)

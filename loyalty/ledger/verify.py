@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loyalty.ledger import chain
+from loyalty.ledger import chain, partitions
 from loyalty.ledger.models import journal_entries, member_accounts, postings
 
 
@@ -171,6 +171,24 @@ HASH_CHAIN = Check(
     compute=chains,
 )
 
+
+def default_partitions(conn: Connection, examples: int) -> Outcome:
+    """Rows in a DEFAULT partition of the journal (PostgreSQL), per partition and UTC month: each
+    such month needs its partition, which the ``partitions`` job will not create over them."""
+    if not partitions.partitioned(conn):
+        return Outcome(DEFAULT_PARTITIONS_EMPTY, 0)
+    found = partitions.default_rows(conn)
+    for row in found:
+        row["problem"] = f"no partition of its own for {row['month']}"
+    return Outcome(DEFAULT_PARTITIONS_EMPTY, sum(int(r["rows"]) for r in found), found[:examples])
+
+
+DEFAULT_PARTITIONS_EMPTY = Check(
+    "default_partitions_empty",
+    "on PostgreSQL, the journal's DEFAULT partitions are empty: every month posted in has its partitions",
+    compute=default_partitions,
+)
+
 CHECKS = [
     Check(
         "entries_balance",
@@ -180,6 +198,19 @@ CHECKS = [
             GROUP BY e.member_id, e.id
            HAVING coalesce(sum(p.amount), 0) <> 0 OR count(p.line) < 2""",
     ),
+    Check(
+        "entries_have_keys",
+        "every journal entry has its key (entry_keys, with its seq, kind, source_ref and posting date), "
+        "and every key its entry",
+        """SELECT e.member_id, e.id AS entry_id, 'no key matching the entry' AS problem FROM journal_entries e
+            WHERE NOT EXISTS (SELECT 1 FROM entry_keys k WHERE k.member_id = e.member_id AND k.entry_id = e.id
+                                 AND k.seq = e.seq AND k.kind = e.kind AND k.source_ref = e.source_ref
+                                 AND k.posted_at = e.posted_at)
+           UNION ALL
+           SELECT k.member_id, k.entry_id, 'a key without its entry' AS problem FROM entry_keys k
+            WHERE NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.member_id = k.member_id AND e.id = k.entry_id)""",
+    ),
+    DEFAULT_PARTITIONS_EMPTY,
     Check(
         "ledger_balances",
         "the whole ledger sums to zero",

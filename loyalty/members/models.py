@@ -30,7 +30,7 @@ adjustments = sa.Table(
     sa.Column("note", sa.String(MAX_REASON)),
     #: the ``adjustment`` entry, once approved
     sa.Column("entry_id", sa.Uuid(as_uuid=False)),
-    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["journal_entries.member_id", "journal_entries.id"]),
+    sa.ForeignKeyConstraint(["member_id", "entry_id"], ["entry_keys.member_id", "entry_keys.entry_id"]),
     sa.CheckConstraint(
         f"points <> 0 AND points BETWEEN -{MAX_ADJUSTMENT_POINTS} AND {MAX_ADJUSTMENT_POINTS}", name="points"
     ),

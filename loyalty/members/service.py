@@ -16,7 +16,7 @@ from loyalty.db import insert_ignore
 from loyalty.errors import MemberNotFound
 from loyalty.events.service import emit
 from loyalty.ledger import service as ledger
-from loyalty.ledger.models import journal_entries, member_accounts, point_lots, postings
+from loyalty.ledger.models import POSTING_ENTRY, journal_entries, member_accounts, point_lots, postings
 from loyalty.records.models import members
 from loyalty.tiers import service as tiers
 from rules import Award, Programme, evaluate
@@ -218,7 +218,7 @@ def statement(conn: Connection, member_id: str, *, limit: int, before_seq: int |
         held = int(
             conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(p.amount), 0))
-                .select_from(postings.join(journal_entries, sa.and_(je.member_id == p.member_id, je.id == p.entry_id)))
+                .select_from(postings.join(journal_entries, POSTING_ENTRY))
                 .where(p.member_id == member_id, p.account == ledger.HOLDS, je.seq < rows[-1].seq)
             ).scalar_one()
         )

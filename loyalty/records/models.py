@@ -90,7 +90,7 @@ transactions = sa.Table(
     #: checked at commit: the release before 0011 wrote a transaction before its entry
     sa.ForeignKeyConstraint(
         ["member_id", "entry_id"],
-        ["journal_entries.member_id", "journal_entries.id"],
+        ["entry_keys.member_id", "entry_keys.entry_id"],
         deferrable=True,
         initially="DEFERRED",
     ),
