@@ -21,7 +21,7 @@ from sqlalchemy import event
 
 from loyalty import db
 from loyalty.catalogue import codes
-from loyalty.db import make_engine, transaction
+from loyalty.db import is_postgres, make_engine, transaction
 from loyalty.runtime import Runtime
 from tests.conftest import START, TEST_SECRET_KEY
 from tests.contract import ContractClient
@@ -32,7 +32,7 @@ HARNESS = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT", "BEGIN", "
 #: The API key's lookup: the tests' runtime caches no key, a server caches each for 30 s.
 KEY_LOOKUP = "FROM api_keys"
 
-#: statements per request, the same on both backends
+#: statements per request on SQLite
 #: claim with the member's lock, read, balance, entry's key, entry, postings, lot, transaction, event,
 #: member's dates (the entry's key, in ``entry_keys``, since the journal is partitioned by month)
 ACCRUAL_STEADY = 10
@@ -42,6 +42,11 @@ ACCRUAL_REPLAY = 3  # claim, the key's record, the transaction with its lots
 #: consumptions, redemption, codes, event
 REDEMPTION_POOL = 12
 REDEMPTION_WITH_KEY = REDEMPTION_POOL + 2  # the Idempotency-Key claimed, and its answer stored
+
+
+def fewer_on_postgres(runtime: Runtime) -> int:
+    """PostgreSQL writes an entry's key and the entry in one statement: one fewer per entry."""
+    return 1 if is_postgres(runtime.engine) else 0
 
 
 @contextmanager
@@ -64,23 +69,25 @@ def book(client: ContractClient, body: dict[str, Any], status: int = 201) -> Non
     assert r.status_code == status, r.get_json()
 
 
-def test_an_accrual_sends_ten_statements_twelve_for_a_first_booking_three_for_a_replay(
+def test_an_accrual_sends_ten_statements_twelve_for_a_first_booking_three_for_a_replay_one_fewer_on_postgres(
     client: ContractClient, runtime: Runtime
 ) -> None:
     enrol(client, "m1")
     first = txn("t1", "m1", occurred_at=(START - dt.timedelta(hours=3)).isoformat())
     with counted(runtime) as seen:
         book(client, first)
-    assert len(seen) == ACCRUAL_FIRST, seen
+    assert len(seen) == ACCRUAL_FIRST - fewer_on_postgres(runtime), seen
     with counted(runtime) as seen:
         book(client, txn("t2", "m1", occurred_at=(START - dt.timedelta(hours=2)).isoformat()))
-    assert len(seen) == ACCRUAL_STEADY, seen
+    assert len(seen) == ACCRUAL_STEADY - fewer_on_postgres(runtime), seen
     with counted(runtime) as seen:
         book(client, first, 200)
     assert len(seen) == ACCRUAL_REPLAY, seen
 
 
-def test_a_pool_voucher_redemption_sends_twelve_statements(client: ContractClient, runtime: Runtime) -> None:
+def test_a_pool_voucher_redemption_sends_twelve_statements_one_fewer_on_postgres(
+    client: ContractClient, runtime: Runtime
+) -> None:
     add_benefit(runtime, "v10", fulfilment="pool", points_price=10)
     with transaction(runtime.engine) as conn:
         box = codes.CodeBox(TEST_SECRET_KEY)
@@ -91,11 +98,11 @@ def test_a_pool_voucher_redemption_sends_twelve_statements(client: ContractClien
     with counted(runtime) as seen:
         r = client.post("/v1/redemptions", json=body)
     assert r.status_code == 201 and r.get_json()["voucher_codes"] == ["CODE-0"], r.get_json()
-    assert len(seen) == REDEMPTION_POOL, seen
+    assert len(seen) == REDEMPTION_POOL - fewer_on_postgres(runtime), seen
     with counted(runtime) as seen:
         r = client.post("/v1/redemptions", json={**body, "redemption_id": "r2"}, headers={"Idempotency-Key": "k2"})
     assert r.status_code == 201 and r.get_json()["voucher_codes"] == ["CODE-1"], r.get_json()
-    assert len(seen) == REDEMPTION_WITH_KEY, seen
+    assert len(seen) == REDEMPTION_WITH_KEY - fewer_on_postgres(runtime), seen
 
 
 def test_no_redemption_of_a_pool_benefit_writes_the_benefit_row(client: ContractClient, runtime: Runtime) -> None:

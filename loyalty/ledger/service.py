@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loyalty import calendar
-from loyalty.db import UTCDateTime
+from loyalty.db import UTCDateTime, is_postgres
 from loyalty.errors import HoldNotPending, InsufficientPoints, NotFound, PeriodClosed, UnknownMember
 from loyalty.ledger import chain
 from loyalty.ledger.lots import OpenLot, check_balanced, fifo_order, take
@@ -117,6 +117,23 @@ BUMP = _bump_statement(covered=False)
 BUMP_COVERED = _bump_statement(covered=True)
 INSERT_KEY = entry_keys.insert()
 INSERT_ENTRY = journal_entries.insert()
+
+
+def _key_and_entry_statement() -> sa.TextClause:
+    """On PostgreSQL, an entry's key and the entry in one statement (a data-modifying CTE): the
+    entry's foreign key to its key is checked at the statement's end, when the key is there."""
+    je = journal_entries.c
+    names = [c.name for c in journal_entries.columns]
+    key = "member_id, entry_id, seq, kind, source_ref, posted_at"
+    key_values = ":member_id, :id, :seq, :kind, :source_ref, :posted_at"
+    sql = (
+        f"WITH entry_key AS (INSERT INTO entry_keys ({key}) VALUES ({key_values})) "
+        f"INSERT INTO journal_entries ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)})"
+    )
+    return sa.text(sql).bindparams(*(sa.bindparam(n, type_=je[n].type) for n in names))
+
+
+INSERT_KEY_AND_ENTRY = _key_and_entry_statement()
 INSERT_POSTINGS = postings.insert()
 INSERT_LOTS = point_lots.insert()
 INSERT_CONSUMPTIONS = lot_consumptions.insert()
@@ -266,8 +283,11 @@ def _post(
     )
     entry.update(seq=seq, balance_after=balance_after, chain_hash=head)
     check_open(conn, entry["posted_at"])
-    conn.execute(INSERT_KEY, key_row(entry))
-    conn.execute(INSERT_ENTRY, entry)
+    if is_postgres(conn):
+        conn.execute(INSERT_KEY_AND_ENTRY, entry)
+    else:
+        conn.execute(INSERT_KEY, key_row(entry))
+        conn.execute(INSERT_ENTRY, entry)
     conn.execute(INSERT_POSTINGS, rows)
     return balance_after, held_after, seq
 
