@@ -121,7 +121,7 @@ def schedulers(database_url: str, tmp_path: Path) -> Iterator[Schedulers]:
 
 
 def runs(engine: sa.Engine, job: str | None = "probe") -> list[Any]:
-    query = sa.select(job_runs).order_by(job_runs.c.started_at)
+    query = sa.select(job_runs).order_by(job_runs.c.started_at, job_runs.c.id)  # the clock may stand still
     if job is not None:
         query = query.where(job_runs.c.job == job)
     with engine.connect() as conn:
