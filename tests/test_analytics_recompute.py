@@ -54,6 +54,25 @@ def benefit_doc(code: str, rng: random.Random) -> dict[str, Any]:
     }
 
 
+def record_tiers(conn: Any, member_id: str, changes: list[tuple[dt.datetime, str]]) -> None:
+    """The member's tier history: an enrolment in the first tier, then a change to each next one
+    (sorted by moment; of changes at one instant, in the order given)."""
+    previous = None
+    for when, to in sorted(changes, key=lambda c: c[0]):
+        conn.execute(
+            tier_changes.insert().values(
+                member_id=member_id,
+                id=str(uuid.uuid4()),
+                from_tier=previous,
+                to_tier=to,
+                source="enrolment" if previous is None else "event",
+                reason="r",
+                changed_at=when,
+            )
+        )
+        previous = to
+
+
 def history(rt: Runtime, seed: int) -> None:
     rng = random.Random(seed)
     with transaction(rt.engine) as conn:
@@ -78,25 +97,10 @@ def history(rt: Runtime, seed: int) -> None:
             tier = rng.choice(TIERS)
             conn.execute(members.insert().values(member_id=mid, enrolled_at=enrolled, created_at=enrolled, tier=tier))
             conn.execute(member_accounts.insert().values(member_id=mid))
-            changes = [(enrolled, None, tier)]
+            changes = [(enrolled, tier)]
             for _ in range(rng.randrange(0, 3)):
-                when = max(moment(rng), enrolled + dt.timedelta(minutes=1))
-                changes.append((when, None, rng.choice(TIERS)))
-            changes.sort(key=lambda c: c[0])
-            previous = None
-            for when, _, to in changes:
-                conn.execute(
-                    tier_changes.insert().values(
-                        member_id=mid,
-                        id=str(uuid.uuid4()),
-                        from_tier=previous,
-                        to_tier=to,
-                        source="enrolment" if previous is None else "event",
-                        reason="r",
-                        changed_at=when,
-                    )
-                )
-                previous = to
+                changes.append((max(moment(rng), enrolled + dt.timedelta(minutes=1)), rng.choice(TIERS)))
+            record_tiers(conn, mid, changes)
             if rng.random() < 0.8:
                 products = rng.sample(["deposit", "wealth", "loan", "card"], rng.randrange(0, 4))
                 conn.execute(
@@ -403,20 +407,7 @@ def back_and_forth(rt: Runtime) -> None:
             conn.execute(
                 member_profiles.insert().values(member_id=mid, aum=5000, products_held=",card,loan,", updated_at=START)
             )
-            previous = None
-            for when, to in changes:
-                conn.execute(
-                    tier_changes.insert().values(
-                        member_id=mid,
-                        id=str(uuid.uuid4()),
-                        from_tier=previous,
-                        to_tier=to,
-                        source="enrolment" if previous is None else "event",
-                        reason="r",
-                        changed_at=when,
-                    )
-                )
-                previous = to
+            record_tiers(conn, mid, changes)
 
 
 @pytest.mark.parametrize("seed", [4, 5])

@@ -133,11 +133,8 @@ def segments(
     m, mp = members.c, member_profiles.c
     year = span.last_day(zone).year
     band = (sa.literal(year) - sa.extract("year", m.birth_date)) / 10
-    products = sa.case(
-        (sa.func.coalesce(sa.func.length(mp.products_held), 0) <= 1, 0),
-        (sa.func.length(mp.products_held) - sa.func.length(sa.func.replace(mp.products_held, ",", "")) - 1 >= 2, 2),
-        else_=1,
-    )
+    held = metrics.products_held(mp.products_held)
+    products = sa.case((held >= 2, 2), else_=held)
     seg = (
         sa.select(
             m.member_id, m.lifecycle_stage.label("stage"), band.label("band"), m.channel, products.label("products")

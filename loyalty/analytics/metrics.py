@@ -135,7 +135,7 @@ def _profile_figures() -> list[tuple[str, Any]]:
     return [
         ("members", sa.literal(1)),
         ("profiles", sa.case((mp.member_id.is_not(None), 1), else_=0)),
-        ("products", sa.func.coalesce(products_held(mp.products_held), 0)),
+        ("products", products_held(mp.products_held)),
         ("multi_product", sa.case((products_held(mp.products_held) >= 2, 1), else_=0)),
         ("aum_members", sa.case((mp.aum.is_not(None), 1), else_=0)),
         ("aum_fen", sa.func.coalesce(mp.aum, 0)),
@@ -143,7 +143,7 @@ def _profile_figures() -> list[tuple[str, Any]]:
 
 
 def products_held(column: Any) -> sa.ColumnElement[int]:
-    """How many products a ``,a,b,``-style list names."""
+    """How many products a ``,a,b,``-style list names (0 for none or NULL)."""
     return sa.case(
         (sa.func.coalesce(sa.func.length(column), 0) <= 1, 0),
         else_=sa.func.length(column) - sa.func.length(sa.func.replace(column, ",", "")) - 1,
@@ -168,16 +168,17 @@ def held_in(conn: Connection, spans: Sequence[Span]) -> list[Held]:
     )
     conn.execute(period.insert(), [{"idx": i, "s": sp.bounds.start, "e": sp.bounds.end} for i, sp in enumerate(spans)])
     runs = _tier_runs(conn, period, spans[-1].bounds.end, len(spans) - 1)
-    moves: dict[str, list[dict[str, int]]] = defaultdict(lambda: [dict.fromkeys(HELD_MEASURES, 0) for _ in spans])
+    # One more slot than periods: for the runs that end with the last period.
+    moves: dict[str, list[dict[str, int]]] = defaultdict(
+        lambda: [dict.fromkeys(HELD_MEASURES, 0) for _ in range(len(spans) + 1)]
+    )
     for r in _run_deltas(conn, runs):
-        cell = moves[r.tier][r.idx] if r.idx < len(spans) else None
-        if cell is not None:
-            for name in HELD_MEASURES:
-                cell[name] += int(getattr(r, name))
+        for name in HELD_MEASURES:
+            moves[r.tier][r.idx][name] += int(getattr(r, name))
     out = [Held({ALL: dict.fromkeys(HELD_MEASURES, 0)}, {}) for _ in spans]
     for tier, deltas in moves.items():
         running = dict.fromkeys(HELD_MEASURES, 0)
-        for i, delta in enumerate(deltas):
+        for i, delta in enumerate(deltas[: len(spans)]):
             running = {name: running[name] + delta[name] for name in HELD_MEASURES}
             if running["members"] or tier == ALL:
                 out[i].by_tier[tier] = dict(running)
